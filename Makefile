@@ -1,0 +1,48 @@
+# gensearch — common commands. Every target works on a fresh machine with Python 3.11.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+EXTRAS ?= train,dev,loadtest
+export GENSEARCH_DATA_DIR ?= ../shared/data
+
+.PHONY: setup protos lint test test-fast artifacts artifacts-quick run bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# torch first and pinned: it comes from this machine's disk as a CPU build; an
+# unpinned resolve would download a CUDA build of several GB.
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+setup: $(VENV)/.installed protos
+
+protos: $(VENV)/.installed
+	$(PY) protos/generate.py
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: setup
+	$(VENV)/bin/pytest -q -ra
+
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "not slow and not integration and not e2e"
+
+artifacts: setup
+	$(PY) -m models_export artifacts
+
+artifacts-quick: setup
+	$(PY) -m models_export artifacts --quick
+
+run: setup
+	$(PY) -m services.stack
+
+clean:
+	rm -rf $(VENV) services/common/generated .pytest_cache .mypy_cache .ruff_cache

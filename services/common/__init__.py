@@ -1,0 +1,1 @@
+"""Shared runtime for every gensearch service: config, logging, gRPC server/client, artifacts."""
