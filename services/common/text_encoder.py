@@ -1,0 +1,45 @@
+"""Sentence embeddings on ONNX Runtime (all-MiniLM-L6-v2 exported with pooling)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+
+class TextEncoder:
+    """Embeds texts into L2-normalised vectors; torch-free."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        tokenizer_path: Path,
+        intra_op_threads: int = 1,
+        max_length: int = 128,
+    ) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            str(model_path), options, providers=["CPUExecutionProvider"]
+        )
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self.tokenizer.enable_truncation(max_length)
+        self.tokenizer.enable_padding()
+        self.dim = int(self.session.get_outputs()[0].shape[-1])
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Float32 [len(texts), dim] unit vectors."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        encodings = self.tokenizer.encode_batch(list(texts))
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        types = np.array([e.type_ids for e in encodings], dtype=np.int64)
+        (out,) = self.session.run(
+            ["embedding"], {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        )
+        return np.asarray(out, dtype=np.float32)

@@ -1,0 +1,270 @@
+"""The FastAPI application: routes, access control, readiness and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.common.artifacts import ArtifactRepository
+from services.common.generated.gensearch.query_understanding.v1 import (
+    query_understanding_pb2_grpc,
+)
+from services.common.generated.gensearch.ranking.v1 import ranking_pb2_grpc
+from services.common.generated.gensearch.retrieval.v1 import retrieval_pb2_grpc
+from services.common.logging import request_id_var
+from services.gateway.breaker import CircuitBreaker
+from services.gateway.config import GatewaySettings
+from services.gateway.downstream import Downstream, StageFailedError
+from services.gateway.materialize import materialize
+from services.gateway.metrics import HTTP_LATENCY, HTTP_REQUESTS, RATE_LIMITED
+from services.gateway.schemas import (
+    ID_PATTERN,
+    ErrorResponse,
+    ItemResponse,
+    SearchRequest,
+    SearchResponse,
+)
+from services.gateway.search import SearchService, SearchUnavailableError
+from services.gateway.store import FeatureStore, InMemoryStore, RedisStore
+
+log = logging.getLogger(__name__)
+_RID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+_ID = re.compile(ID_PATTERN)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.headers = status, detail, headers or {}
+
+
+@dataclass(slots=True)
+class Readiness:
+    ready: bool = False
+    reason: str = "starting"
+
+
+def _downstream(
+    settings: GatewaySettings, stage: str, addr: str, service: str, stub: type
+) -> Downstream | None:
+    if not addr:
+        return None
+    breaker = CircuitBreaker(stage, settings.breaker_failures, settings.breaker_reset_seconds)
+    return Downstream(stage, addr, service, stub, breaker)
+
+
+def _store(settings: GatewaySettings) -> FeatureStore:
+    if not settings.redis_url:
+        return InMemoryStore()
+    return RedisStore(
+        settings.redis_url,
+        prefix=settings.redis_key_prefix,
+        socket_timeout=settings.redis_socket_timeout,
+        connect_timeout=settings.redis_connect_timeout,
+        max_connections=settings.redis_max_connections,
+        breaker=CircuitBreaker("redis", settings.breaker_failures, settings.breaker_reset_seconds),
+    )
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    """Build the gateway app; downstream channels open in the lifespan."""
+    store = _store(settings)
+    retrieval = _downstream(
+        settings,
+        "retrieval",
+        settings.retrieval_addr,
+        "gensearch.retrieval.v1.RetrievalService",
+        retrieval_pb2_grpc.RetrievalServiceStub,
+    )
+    assert retrieval is not None
+    service = SearchService(
+        settings,
+        store,
+        retrieval,
+        _downstream(
+            settings,
+            "query_understanding",
+            settings.query_understanding_addr,
+            "gensearch.query_understanding.v1.QueryUnderstandingService",
+            query_understanding_pb2_grpc.QueryUnderstandingServiceStub,
+        ),
+        _downstream(
+            settings,
+            "ranking",
+            settings.ranking_addr,
+            "gensearch.ranking.v1.RankingService",
+            ranking_pb2_grpc.RankingServiceStub,
+        ),
+    )
+    readiness = Readiness()
+    key_hashes = [h.lower() for h in settings.api_key_sha256]
+
+    async def check_ready() -> None:
+        status = await retrieval.health()
+        if status != "SERVING":
+            readiness.ready, readiness.reason = False, f"retrieval is {status}"
+            return
+        if not await store.ping():
+            readiness.ready, readiness.reason = False, f"{store.kind} store unreachable"
+            return
+        version = service.version
+        try:
+            version = await service.refresh_version()
+        except StageFailedError as exc:
+            readiness.ready, readiness.reason = False, f"retrieval GetInfo failed: {exc.reason}"
+            return
+        if await store.popular(version) is None:
+            readiness.reason = f"materializing features of {version} into the {store.kind} store"
+            artifacts = ArtifactRepository(settings.artifact_dir).open(version)
+            counts = await materialize(store, artifacts)
+            log.info("materialized", extra={"version": version, **counts})
+        readiness.ready, readiness.reason = True, f"serving {version}"
+
+    async def watch_readiness() -> None:
+        while True:
+            try:
+                await check_ready()
+            except Exception as exc:  # keep watching; the reason tells the operator
+                readiness.ready, readiness.reason = False, f"readiness check failed: {exc}"
+                log.exception("readiness check failed")
+            await asyncio.sleep(0.5 if not readiness.ready else 2.0)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(watch_readiness())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        for downstream in (retrieval, service.qu, service.ranking):
+            if downstream is not None:
+                await downstream.close()
+        await store.close()
+
+    app = FastAPI(
+        title="gensearch gateway",
+        version="1",
+        description="Generative search: constrained generative retrieval, "
+        "personalised ranking, RAG document selection.",
+        lifespan=lifespan,
+        responses={
+            401: {"model": ErrorResponse},
+            429: {"model": ErrorResponse},
+            503: {"model": ErrorResponse},
+            504: {"model": ErrorResponse},
+        },
+    )
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+
+    @app.middleware("http")
+    async def _observe(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        given = request.headers.get("x-request-id", "")
+        rid = given if _RID.match(given) else uuid.uuid4().hex
+        token = request_id_var.set(rid)
+        request.state.request_id = rid
+        start = time.perf_counter()
+        try:
+            response = await call_next(request)
+        finally:
+            request_id_var.reset(token)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        HTTP_REQUESTS.labels(path, str(response.status_code)).inc()
+        HTTP_LATENCY.labels(path).observe(time.perf_counter() - start)
+        response.headers["x-request-id"] = rid
+        return response
+
+    async def access_control(request: Request) -> None:
+        if not key_hashes:
+            return
+        key = request.headers.get("x-api-key", "")
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        # Compare against every configured hash so timing reveals nothing.
+        matched = False
+        for expected in key_hashes:
+            matched |= hmac.compare_digest(digest, expected)
+        if not key or not matched:
+            raise ApiError(401, "missing or invalid API key (header X-API-Key)")
+        if settings.rate_limit_per_second > 0:
+            allowed, retry_after = await store.take_token(
+                digest[:16], settings.rate_limit_per_second, settings.rate_limit_burst
+            )
+            if not allowed:
+                RATE_LIMITED.inc()
+                raise ApiError(
+                    429,
+                    "rate limit exceeded",
+                    {"Retry-After": str(max(1, int(retry_after + 0.999)))},
+                )
+
+    @app.post(
+        "/v1/search",
+        response_model=SearchResponse,
+        response_model_exclude_none=True,
+        dependencies=[Depends(access_control)],
+        summary="Search (or a recommendation feed when the query is empty)",
+    )
+    async def search(body: SearchRequest, request: Request) -> SearchResponse:
+        if not readiness.ready:
+            raise ApiError(503, f"not ready: {readiness.reason}", {"Retry-After": "1"})
+        try:
+            return await service.search(body, request.state.request_id)
+        except SearchUnavailableError as exc:
+            raise ApiError(exc.status, exc.reason, {"Retry-After": "1"}) from exc
+
+    @app.get(
+        "/v1/items/{item_id}",
+        response_model=ItemResponse,
+        response_model_exclude_none=True,
+        dependencies=[Depends(access_control)],
+        responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+        summary="One catalog item",
+    )
+    async def get_item(item_id: str) -> ItemResponse:
+        if not _ID.match(item_id):
+            raise ApiError(422, f"item id must match {ID_PATTERN}")
+        if not readiness.ready:
+            raise ApiError(503, f"not ready: {readiness.reason}", {"Retry-After": "1"})
+        found = (await store.items(service.version, [item_id])).get(item_id)
+        if found is None:
+            raise ApiError(404, f"item {item_id!r} not found in version {service.version}")
+        return ItemResponse(
+            id=item_id,
+            title=found.get("title"),
+            brand=found.get("brand") or None,
+            category=found.get("category"),
+            artifact_version=service.version,
+        )
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness", responses={503: {"model": ErrorResponse}})
+    async def readyz() -> JSONResponse:
+        body = {"ready": readiness.ready, "reason": readiness.reason, "version": service.version}
+        return JSONResponse(body, status_code=200 if readiness.ready else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,67 @@
+"""gRPC downstreams of the gateway, each behind a circuit breaker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from services.common.deadline import Deadline
+from services.common.errors import DeadlineExceededError
+from services.common.grpc_client import call_unary, create_channel, health_status
+from services.gateway.breaker import CircuitBreaker
+from services.gateway.metrics import BREAKER_OPEN
+
+
+class StageFailedError(Exception):
+    """A downstream stage did not answer; ``reason`` is safe to show to clients."""
+
+    def __init__(self, stage: str, reason: str, *, timeout: bool = False) -> None:
+        super().__init__(f"{stage}: {reason}")
+        self.stage = stage
+        self.reason = reason
+        self.timeout = timeout
+
+
+class Downstream:
+    """One gRPC service: channel, stub and breaker."""
+
+    def __init__(
+        self, stage: str, addr: str, service_name: str, stub_cls: Any, breaker: CircuitBreaker
+    ) -> None:
+        self.stage = stage
+        self.addr = addr
+        self.service_name = service_name
+        self.channel = create_channel(addr, idempotent_services=[service_name])
+        self.stub = stub_cls(self.channel)
+        self.breaker = breaker
+
+    async def call(self, method: str, request: Any, deadline: Deadline) -> Any:
+        """Call ``method`` within ``deadline``; raise :class:`StageFailedError` on any failure."""
+        if not self.breaker.allow():
+            BREAKER_OPEN.labels(self.stage).set(1)
+            raise StageFailedError(self.stage, "circuit open after repeated failures")
+        try:
+            reply = await call_unary(
+                getattr(self.stub, method), request, deadline=deadline, stage=self.stage
+            )
+        except DeadlineExceededError as exc:
+            raise StageFailedError(self.stage, "no time budget left", timeout=True) from exc
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+            if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
+                self.breaker.success()  # the service answered; the request was the problem
+            else:
+                self.breaker.failure()
+            BREAKER_OPEN.labels(self.stage).set(int(self.breaker.state == "open"))
+            timeout = code == grpc.StatusCode.DEADLINE_EXCEEDED
+            raise StageFailedError(self.stage, code.name.lower(), timeout=timeout) from exc
+        self.breaker.success()
+        BREAKER_OPEN.labels(self.stage).set(0)
+        return reply
+
+    async def health(self) -> str:
+        return await health_status(self.channel, self.service_name, wait_seconds=0.5)
+
+    async def close(self) -> None:
+        await self.channel.close()

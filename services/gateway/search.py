@@ -1,0 +1,272 @@
+"""The search orchestration: caches, stage budgets, concurrency and degradation."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from services.common.deadline import Deadline
+from services.common.generated.gensearch.common.v1 import common_pb2
+from services.common.generated.gensearch.query_understanding.v1 import query_understanding_pb2
+from services.common.generated.gensearch.ranking.v1 import ranking_pb2
+from services.common.generated.gensearch.retrieval.v1 import retrieval_pb2
+from services.gateway.config import GatewaySettings
+from services.gateway.downstream import Downstream, StageFailedError
+from services.gateway.metrics import CACHE, DEGRADED, STAGE_LATENCY
+from services.gateway.schemas import SearchItem, SearchRequest, SearchResponse
+from services.gateway.store import FeatureStore
+
+_SOURCES = {
+    common_pb2.CANDIDATE_SOURCE_GENERATED: "generated",
+    common_pb2.CANDIDATE_SOURCE_ANN: "ann",
+}
+# Candidates fetched for the ranker to reorder when ranking is configured.
+RANK_POOL = 50
+# Kept back from the budget for assembling the answer after the last stage.
+ASSEMBLY_RESERVE_S = 0.003
+
+
+class SearchUnavailableError(Exception):
+    """No answer can be given; ``status`` is the HTTP status to return."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class _Trace:
+    timings: dict[str, float] = field(default_factory=dict)
+    degraded: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @asynccontextmanager
+    async def stage(self, name: str) -> AsyncIterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            took = time.perf_counter() - start
+            self.timings[name] = round(took * 1000, 3)
+            STAGE_LATENCY.labels(name).observe(took)
+
+    def degrade(self, stage: str, reason: str) -> None:
+        self.degraded.append(stage)
+        self.notes.append(f"{stage}: {reason}")
+        DEGRADED.labels(stage).inc()
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(orjson.dumps(parts)).hexdigest()[:32]
+
+
+class SearchService:
+    """Runs one search across the configured stages."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        store: FeatureStore,
+        retrieval: Downstream,
+        query_understanding: Downstream | None = None,
+        ranking: Downstream | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.retrieval = retrieval
+        self.qu = query_understanding
+        self.ranking = ranking
+        self.version = ""
+
+    async def refresh_version(self) -> str:
+        """Ask retrieval which artifact version it serves (features are keyed by it)."""
+        info = await self.retrieval.call(
+            "GetInfo", retrieval_pb2.GetInfoRequest(), Deadline.after(1.0)
+        )
+        self.version = str(info.version)
+        return self.version
+
+    def cache_key(self, req: SearchRequest) -> str:
+        filters = req.filters.model_dump() if req.filters else None
+        return "res:" + _digest(
+            self.version, req.query, req.user_id, req.k, filters, req.beam_width
+        )
+
+    async def search(self, req: SearchRequest, request_id: str) -> SearchResponse:
+        """Answer ``req``; raise :class:`SearchUnavailableError` only when nothing can be given."""
+        timeout_ms = req.timeout_ms or self.settings.request_timeout_ms
+        deadline = Deadline.after(timeout_ms / 1000.0)
+        trace = _Trace()
+        key = self.cache_key(req)
+        async with trace.stage("result_cache"):
+            cached = await self.store.cache_get(key)
+        if cached is not None:
+            CACHE.labels("result", "hit").inc()
+            response = SearchResponse.model_validate_json(cached)
+            response.request_id, response.cached = request_id, True
+            response.timings_ms = trace.timings if req.debug else None
+            return response
+        CACHE.labels("result", "miss").inc()
+
+        understanding, history = await asyncio.gather(
+            self._understand(req.query, deadline, trace), self._history(req.user_id, trace)
+        )
+        candidates = await self._retrieve(req, understanding, history, deadline, trace)
+        items = await self._features([c.item_id for c in candidates], trace)
+        if self.ranking is not None and candidates:
+            candidates = await self._rank(req, understanding, history, candidates, deadline, trace)
+        response = SearchResponse(
+            request_id=request_id,
+            query=req.query,
+            items=[
+                SearchItem(
+                    id=c.item_id,
+                    title=items.get(c.item_id, {}).get("title"),
+                    category=items.get(c.item_id, {}).get("category"),
+                    score=round(float(c.final_score or c.retrieval_score), 6),
+                    sid=list(c.sid.codes),
+                    source=_SOURCES.get(c.source, "popular"),  # type: ignore[arg-type]
+                    objective_scores={o.objective: o.score for o in c.objective_scores} or None,
+                )
+                for c in candidates[: req.k]
+            ],
+            artifact_version=self.version,
+            degraded=trace.degraded,
+            notes=trace.notes,
+        )
+        if not trace.degraded:
+            await self.store.cache_set(
+                key, response.model_dump_json().encode(), self.settings.result_cache_ttl_seconds
+            )
+        response.timings_ms = trace.timings if req.debug else None
+        return response
+
+    async def _understand(
+        self, query: str, deadline: Deadline, trace: _Trace
+    ) -> query_understanding_pb2.UnderstandResponse | None:
+        if self.qu is None or not query:
+            return None
+        key = "qu:" + _digest(self.version, query)
+        async with trace.stage("query_understanding"):
+            raw = await self.store.cache_get(key)
+            if raw is not None:
+                CACHE.labels("query_understanding", "hit").inc()
+                return query_understanding_pb2.UnderstandResponse.FromString(raw)
+            CACHE.labels("query_understanding", "miss").inc()
+            request = query_understanding_pb2.UnderstandRequest(
+                meta=common_pb2.RequestMeta(artifact_version=self.version),
+                query=query,
+                want_embedding=True,
+            )
+            try:
+                reply = await self.qu.call("Understand", request, deadline.sub_budget(0.25))
+            except StageFailedError as exc:
+                trace.degrade("query_understanding", exc.reason)
+                return None
+        await self.store.cache_set(
+            key, reply.SerializeToString(), self.settings.qu_cache_ttl_seconds
+        )
+        return reply
+
+    async def _history(self, user_id: str | None, trace: _Trace) -> list[str]:
+        if not user_id:
+            return []
+        async with trace.stage("user_features"):
+            history = await self.store.user_history(self.version, user_id)
+        CACHE.labels("user_features", "hit" if history is not None else "miss").inc()
+        return history or []  # an unknown user is a cold start
+
+    async def _retrieve(
+        self,
+        req: SearchRequest,
+        understanding: query_understanding_pb2.UnderstandResponse | None,
+        history: list[str],
+        deadline: Deadline,
+        trace: _Trace,
+    ) -> list[common_pb2.Candidate]:
+        filters = req.filters
+        want = max(req.k, RANK_POOL) if self.ranking is not None else req.k
+        request = retrieval_pb2.RetrieveRequest(
+            meta=common_pb2.RequestMeta(artifact_version=self.version, debug=req.debug),
+            query=understanding.corrected_query if understanding else req.query,
+            keywords=list(understanding.keywords) if understanding else [],
+            user=common_pb2.UserContext(user_id=req.user_id or "", recent_item_ids=history),
+            k=want,
+            beam_width=req.beam_width or 0,
+            exclude_item_ids=filters.exclude_ids if filters else [],
+            category_prefixes=[filters.category] if filters and filters.category else [],
+            query_embedding=list(understanding.embedding) if understanding else [],
+        )
+        reserve = 0.3 if self.ranking is not None else 0.0
+        budget = deadline.sub_budget(1.0 - reserve, reserve=ASSEMBLY_RESERVE_S)
+        async with trace.stage("retrieval"):
+            try:
+                reply = await self.retrieval.call("Retrieve", request, budget)
+            except StageFailedError as exc:
+                return await self._fallback(req, exc, trace)
+        for d in reply.degraded:
+            trace.degrade(d.stage, d.reason)
+        return list(reply.candidates)
+
+    async def _fallback(
+        self, req: SearchRequest, exc: StageFailedError, trace: _Trace
+    ) -> list[common_pb2.Candidate]:
+        """Without retrieval only a feed can be answered: popular items for an empty query."""
+        if req.query:
+            status = 504 if exc.timeout else 503
+            raise SearchUnavailableError(status, f"retrieval unavailable ({exc.reason})")
+        popular = await self.store.popular(self.version) or []
+        excluded = set(req.filters.exclude_ids) if req.filters else set()
+        if req.filters and req.filters.category:
+            raise SearchUnavailableError(503, f"retrieval unavailable ({exc.reason})")
+        trace.degrade("retrieval", f"{exc.reason}; popular items served")
+        picks = [i for i in popular if i not in excluded][: req.k]
+        if not picks:
+            raise SearchUnavailableError(503, f"retrieval unavailable ({exc.reason})")
+        return [
+            common_pb2.Candidate(item_id=i, retrieval_score=float(-rank))
+            for rank, i in enumerate(picks)
+        ]
+
+    async def _features(self, item_ids: list[str], trace: _Trace) -> dict[str, dict[str, Any]]:
+        async with trace.stage("item_features"):
+            found = await self.store.items(self.version, item_ids)
+        if item_ids:
+            CACHE.labels("item_features", "hit" if found else "miss").inc()
+        return found
+
+    async def _rank(
+        self,
+        req: SearchRequest,
+        understanding: query_understanding_pb2.UnderstandResponse | None,
+        history: list[str],
+        candidates: list[common_pb2.Candidate],
+        deadline: Deadline,
+        trace: _Trace,
+    ) -> list[common_pb2.Candidate]:
+        assert self.ranking is not None
+        request = ranking_pb2.RankRequest(
+            meta=common_pb2.RequestMeta(artifact_version=self.version),
+            user=common_pb2.UserContext(user_id=req.user_id or "", recent_item_ids=history),
+            query=req.query,
+            query_embedding=list(understanding.embedding) if understanding else [],
+            candidates=candidates,
+            k=req.k,
+        )
+        async with trace.stage("ranking"):
+            try:
+                reply = await self.ranking.call(
+                    "Rank", request, deadline.sub_budget(1.0, reserve=ASSEMBLY_RESERVE_S)
+                )
+            except StageFailedError as exc:
+                trace.degrade("ranking", f"{exc.reason}; retrieval order kept")
+                return candidates
+        return list(reply.candidates)

@@ -1,0 +1,26 @@
+"""Retrieval service settings (env prefix ``GENSEARCH_RETRIEVAL_``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.config import ServiceSettings
+
+
+class RetrievalSettings(ServiceSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GENSEARCH_RETRIEVAL_", extra="ignore", frozen=True
+    )
+
+    default_beam_width: int = Field(20, ge=1, le=128)
+    max_beam_width: int = Field(128, ge=1, le=512)
+    max_k: int = Field(200, ge=1)
+    history_len: int = Field(20, ge=0, le=50, description="most recent items fed to the encoder")
+    max_batch_size: int = Field(16, ge=1, le=256, description="dynamic batcher: max requests")
+    max_queue_delay_ms: float = Field(2.0, ge=0, description="dynamic batcher: max wait")
+    ann_fill: bool = Field(True, description="fill from the ANN index when decoding is short")
+    # Fraction of the remaining budget decoding may plan to use (the rest is queueing,
+    # ANN fill and the reply).
+    decode_budget_fraction: float = Field(0.7, gt=0, le=1)
+    filter_cache_size: int = Field(256, ge=1, description="category-filter sub-tries kept")

@@ -1,0 +1,125 @@
+"""The main job: build artifacts if missing, start the local stack, serve a real search.
+
+``python -m services.stack`` (what ``make run`` does). The services run under
+honcho from ``deploy/local/Procfile``; Ctrl-C stops them all. Addresses and
+ports come from the environment, with local defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from services.common.artifacts import ArtifactRepository
+from services.common.config import artifact_root
+from services.common.errors import NotFoundError
+
+ROOT = Path(__file__).resolve().parent.parent
+PROCFILE = ROOT / "deploy" / "local" / "Procfile"
+DEFAULTS = {
+    "GENSEARCH_RETRIEVAL_PORT": "50051",
+    "GENSEARCH_RETRIEVAL_METRICS_PORT": "9101",
+    "GENSEARCH_GATEWAY_PORT": "8000",
+    "GENSEARCH_GATEWAY_RETRIEVAL_ADDR": "127.0.0.1:50051",
+}
+
+
+def ensure_artifacts(full: bool) -> str:
+    """The artifact version to serve, building one (quick by default) when none exists."""
+    repo = ArtifactRepository(artifact_root())
+    try:
+        return repo.current()
+    except NotFoundError:
+        pass
+    kind = "full" if full else "quick"
+    print(f"[stack] no artifacts under {repo.root}: building a {kind} version (progress below)")
+    cmd = [sys.executable, "-m", "models_export", "artifacts", *([] if full else ["--quick"])]
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    return repo.current()
+
+
+def _get(url: str, timeout: float = 2.0) -> tuple[int, dict[str, object]]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+    except (urllib.error.URLError, OSError) as err:
+        return 0, {"reason": str(err)}
+
+
+def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Poll ``/readyz`` and show its reason until the gateway is ready."""
+    end = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise SystemExit(f"[stack] a service exited early (honcho status {proc.returncode})")
+        status, body = _get(f"{base}/readyz")
+        reason = str(body.get("reason", ""))
+        if status == 200:
+            print(f"[stack] ready: {reason}")
+            return
+        if reason != last:
+            print(f"[stack] waiting for readiness: {reason or 'gateway starting'}")
+            last = reason
+        time.sleep(0.5)
+    raise SystemExit(f"[stack] not ready after {timeout:.0f}s: {last}")
+
+
+def demo_search(base: str, query: str, user_id: str) -> dict[str, object]:
+    """POST one search and return the parsed answer."""
+    payload = json.dumps({"query": query, "user_id": user_id, "k": 5, "debug": True}).encode()
+    request = urllib.request.Request(
+        f"{base}/v1/search", data=payload, headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        return dict(json.loads(reply.read()))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="build the full artifacts if missing")
+    parser.add_argument("--once", action="store_true", help="stop after the demo search")
+    parser.add_argument("--query", default="digital caliper")
+    parser.add_argument("--user-id", default="0")
+    parser.add_argument("--ready-timeout", type=float, default=300.0)
+    args = parser.parse_args()
+
+    version = ensure_artifacts(args.full)
+    env = {**DEFAULTS, **os.environ, "PYTHONUNBUFFERED": "1"}
+    base = f"http://127.0.0.1:{env['GENSEARCH_GATEWAY_PORT']}"
+    print(f"[stack] starting services from {PROCFILE.relative_to(ROOT)} on artifact {version}")
+    honcho = [sys.executable, "-m", "honcho", "-f", str(PROCFILE), "-d", str(ROOT), "start"]
+    proc = subprocess.Popen(honcho, cwd=ROOT, env=env, start_new_session=True)
+    try:
+        wait_ready(base, proc, args.ready_timeout)
+        answer = demo_search(base, args.query, args.user_id)
+        print(f"[stack] POST {base}/v1/search query={args.query!r} user_id={args.user_id!r}:")
+        print(json.dumps(answer, indent=2))
+        if args.once:
+            return 0
+        print(f"[stack] serving at {base} (docs at {base}/docs); Ctrl-C stops everything")
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        print("[stack] stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
