@@ -1,0 +1,195 @@
+"""Gateway overhead benchmark: ``/v1/search`` vs. the retrieval service called directly.
+
+``python -m loadtest.benchmarks.gateway_bench [--requests 300] [--concurrency 1 8 32]``
+
+Starts the local stack (retrieval + gateway, in-process feature store unless
+``--redis-url``) on the CURRENT artifact, with the result cache off so every
+request runs the whole path. Queries are DERIVED (Ai et al. 2017 category-path
+queries of the test split) with the user's real history. Prints a table and
+writes ``docs/results/gateway_benchmark.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+import pyarrow.parquet as pq
+
+from loadtest.local_stack import REPO_ROOT, start_stack
+from services.common.artifacts import ArtifactRepository
+from services.common.config import artifact_root
+from services.common.generated.gensearch.common.v1 import common_pb2
+from services.common.generated.gensearch.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
+
+RESULTS = REPO_ROOT / "docs" / "results"
+TIMEOUT_MS = 2000
+HISTORY = 50
+
+
+def load_workload(root: Path, n: int) -> list[tuple[str, str, list[str]]]:
+    """(query, user_id, history) triples from the test split (queries are derived)."""
+    arts = ArtifactRepository(root).open()
+    queries = pq.read_table(arts.path("tables/queries.parquet")).to_pylist()
+    users = {
+        r["user_id"]: [*r["train_history"], r["valid_target"]]
+        for r in pq.read_table(arts.path("tables/users.parquet")).to_pylist()
+    }
+    picked = [q for q in queries if q["split"] == "test" and q["kind"] == "category"][:n]
+    return [(q["query"], q["user_id"], users[q["user_id"]][-HISTORY:]) for q in picked]
+
+
+def summarise(latencies: list[float], errors: int, wall: float) -> dict[str, float]:
+    arr = np.asarray(latencies) * 1000
+    return {
+        "requests": len(latencies) + errors,
+        "errors": errors,
+        "rps": len(latencies) / wall if wall > 0 else 0.0,
+        "p50_ms": float(np.percentile(arr, 50)) if len(arr) else float("nan"),
+        "p99_ms": float(np.percentile(arr, 99)) if len(arr) else float("nan"),
+        "mean_ms": float(arr.mean()) if len(arr) else float("nan"),
+    }
+
+
+async def run_level(call: Any, work: list[Any], concurrency: int) -> dict[str, float]:
+    latencies: list[float] = []
+    errors = 0
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    for item in work:
+        queue.put_nowait(item)
+
+    async def worker() -> None:
+        nonlocal errors
+        while not queue.empty():
+            item = queue.get_nowait()
+            start = time.perf_counter()
+            ok = await call(item)
+            if ok:
+                latencies.append(time.perf_counter() - start)
+            else:
+                errors += 1
+
+    wall = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return summarise(latencies, errors, time.perf_counter() - wall)
+
+
+async def bench(base: str, rport: int, work: list[Any], levels: list[int]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=10) as http:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{rport}")
+        stub = retrieval_pb2_grpc.RetrievalServiceStub(channel)
+
+        async def via_gateway(item: tuple[str, str, list[str]]) -> bool:
+            query, user, _ = item
+            body = {"query": query, "user_id": user, "k": 10, "timeout_ms": TIMEOUT_MS}
+            reply = await http.post("/v1/search", json=body)
+            return reply.status_code == 200 and not reply.json()["degraded"]
+
+        async def direct(item: tuple[str, str, list[str]]) -> bool:
+            query, user, history = item
+            request = retrieval_pb2.RetrieveRequest(
+                query=query,
+                user=common_pb2.UserContext(user_id=user, recent_item_ids=history),
+                k=10,
+            )
+            try:
+                reply = await stub.Retrieve(request, timeout=TIMEOUT_MS / 1000)
+            except grpc.RpcError:
+                return False
+            return len(reply.degraded) == 0
+
+        for warm in work[:20]:  # warm both paths
+            await via_gateway(warm)
+            await direct(warm)
+        for level in levels:
+            for name, call in (
+                ("retrieval (gRPC, direct)", direct),
+                ("gateway /v1/search", via_gateway),
+            ):
+                stats = await run_level(call, work, level)
+                rows.append({"target": name, "concurrency": level, **stats})
+                print(
+                    f"{name:26s} c={level:<3d} rps={stats['rps']:7.1f} "
+                    f"p50={stats['p50_ms']:7.2f} ms p99={stats['p99_ms']:7.2f} ms "
+                    f"errors={int(stats['errors'])}"
+                )
+        await channel.close()
+    return rows
+
+
+def write_results(rows: list[dict[str, Any]], args: argparse.Namespace, version: str) -> None:
+    levels = sorted({r["concurrency"] for r in rows})
+    lines = [
+        "# Gateway overhead benchmark",
+        "",
+        f"Command: `python -m loadtest.benchmarks.gateway_bench --requests {args.requests} "
+        f"--concurrency {' '.join(map(str, args.concurrency))}`",
+        "",
+        f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}), all processes (client, "
+        f"gateway, retrieval) on the same machine. Artifact `{version}`. Queries: DERIVED "
+        "category-path queries (Ai et al. 2017) of the test split with each user's real "
+        "history; result cache off, k=10, default beam.",
+        "",
+        "| target | concurrency | req/s | p50 ms | p99 ms | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['target']} | {r['concurrency']} | {r['rps']:.1f} | {r['p50_ms']:.2f} | "
+            f"{r['p99_ms']:.2f} | {int(r['errors'])} |"
+        )
+    lines += ["", "Gateway overhead = (gateway p50 − retrieval p50) / gateway p50:", ""]
+    overhead = {}
+    for level in levels:
+        gw = next(
+            r for r in rows if r["concurrency"] == level and r["target"].startswith("gateway")
+        )
+        rt = next(r for r in rows if r["concurrency"] == level and r["target"].startswith("retr"))
+        overhead[level] = (gw["p50_ms"] - rt["p50_ms"]) / gw["p50_ms"]
+        lines.append(f"- concurrency {level}: {overhead[level] * 100:.1f} %")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "gateway_benchmark.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "gateway_benchmark.json").write_text(
+        json.dumps({"version": version, "rows": rows, "overhead_p50": overhead}, indent=2)
+    )
+    print("\n".join(lines[-len(levels) - 2 :]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--artifact-dir", type=Path, default=artifact_root())
+    parser.add_argument("--redis-url", default="")
+    args = parser.parse_args()
+    work = load_workload(args.artifact_dir, args.requests)
+    version = ArtifactRepository(args.artifact_dir).current()
+    with ExitStack() as stack, tempfile.TemporaryDirectory() as logs:
+        s = start_stack(
+            stack,
+            args.artifact_dir,
+            Path(logs),
+            redis_url=args.redis_url,
+            gateway_env={"GENSEARCH_GATEWAY_RESULT_CACHE_TTL_SECONDS": "0"},
+        )
+        rows = asyncio.run(bench(s.base, s.retrieval_port, work, args.concurrency))
+    write_results(rows, args, version)
+    print(f"median gateway p50 over levels: {statistics.median(r['p50_ms'] for r in rows):.2f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Start the local stack (retrieval + gateway as real processes) for tests and benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def health(port: int, service: str = "", timeout: float = 0.5) -> str:
+    """Health status name of ``service`` on ``127.0.0.1:port`` (UNREACHABLE on error)."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.RpcError:
+            return "UNREACHABLE"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def wait_for(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
+) -> None:
+    """Poll ``predicate()`` until true; raise ``TimeoutError`` after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+@contextmanager
+def running_process(
+    args: Sequence[str], env: Mapping[str, str], log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start ``python <args>`` from the repo root with extra ``env``; stop it on exit."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, *args], cwd=REPO_ROOT, env=full_env, stdout=log, stderr=log
+        )
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+@dataclass
+class Stack:
+    """A running gateway + retrieval pair."""
+
+    base: str
+    retrieval_port: int
+    retrieval_proc: subprocess.Popen[bytes]
+    gateway_proc: subprocess.Popen[bytes]
+    logs: Path
+
+    def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], Any]:
+        """One HTTP call; returns (status, lower-cased headers, parsed JSON body)."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(
+            self.base + path,
+            data=data,
+            method=method,
+            headers={"content-type": "application/json", **(headers or {})},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as reply:
+                raw = reply.read()
+                heads = {k.lower(): v for k, v in reply.headers.items()}
+                return reply.status, heads, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as err:
+            raw = err.read()
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = raw.decode(errors="replace")
+            return err.code, {k.lower(): v for k, v in err.headers.items()}, parsed
+
+    def search(self, **body: Any) -> tuple[int, Any]:
+        status, _, payload = self.request("POST", "/v1/search", body)
+        return status, payload
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(self.base + "/metrics", timeout=5) as reply:
+            return str(reply.read().decode())
+
+
+def start_stack(
+    stack: ExitStack,
+    artifact_root: Path,
+    logs: Path,
+    *,
+    redis_url: str = "",
+    gateway_env: Mapping[str, str] | None = None,
+    retrieval_env: Mapping[str, str] | None = None,
+    ready_timeout: float = 180.0,
+) -> Stack:
+    """Start retrieval and gateway; return once the gateway's ``/readyz`` is 200."""
+    rport, mport, gport = free_port(), free_port(), free_port()
+    common = {"GENSEARCH_ARTIFACT_DIR": str(artifact_root)}
+    retrieval = stack.enter_context(
+        running_process(
+            ["-m", "services.retrieval"],
+            {
+                **common,
+                "GENSEARCH_RETRIEVAL_PORT": str(rport),
+                "GENSEARCH_RETRIEVAL_METRICS_PORT": str(mport),
+                "GENSEARCH_RETRIEVAL_GRACE_SECONDS": "1",
+                **(retrieval_env or {}),
+            },
+            logs / "retrieval.log",
+        )
+    )
+    gateway = stack.enter_context(
+        running_process(
+            ["-m", "services.gateway"],
+            {
+                **common,
+                "GENSEARCH_GATEWAY_PORT": str(gport),
+                "GENSEARCH_GATEWAY_RETRIEVAL_ADDR": f"127.0.0.1:{rport}",
+                "GENSEARCH_GATEWAY_REDIS_URL": redis_url,
+                "GENSEARCH_GATEWAY_REDIS_KEY_PREFIX": f"gs{gport}",
+                "GENSEARCH_GATEWAY_BREAKER_RESET_SECONDS": "0.5",
+                **(gateway_env or {}),
+            },
+            logs / "gateway.log",
+        )
+    )
+    s = Stack(f"http://127.0.0.1:{gport}", rport, retrieval, gateway, logs)
+
+    def ready() -> bool:
+        for proc, name in ((retrieval, "retrieval"), (gateway, "gateway")):
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited early; see {logs / (name + '.log')}")
+        try:
+            return s.request("GET", "/readyz")[0] == 200
+        except OSError:
+            return False
+
+    wait_for(ready, ready_timeout, "gateway ready")
+    return s
