@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 OUT = ROOT / "services" / "common" / "generated"
 PACKAGE = "services.common.generated"
-# ``gensearch.`` at the start of a dotted name that is code, not a string/descriptor name.
-_IMPORT_RE = re.compile(r"(?<![\w.'\"/])gensearch\.")
+# Only import statements are rewritten: the serialized descriptors (bytes literals)
+# must keep the proto package names untouched.
+_IMPORT_RE = re.compile(r"^(\s*)(from|import) gensearch\.", re.MULTILINE)
 
 
 def main() -> int:
@@ -49,7 +50,7 @@ def main() -> int:
         return int(status)
     for path in OUT.rglob("*.py*"):
         text = path.read_text()
-        path.write_text(_IMPORT_RE.sub(f"{PACKAGE}.gensearch.", text))
+        path.write_text(_IMPORT_RE.sub(rf"\1\2 {PACKAGE}.gensearch.", text))
     for directory in [OUT, *[d for d in OUT.rglob("*") if d.is_dir()]]:
         (directory / "__init__.py").touch()
     (OUT / "py.typed").touch()

@@ -79,8 +79,16 @@ def _store(settings: GatewaySettings) -> FeatureStore:
     )
 
 
-def create_app(settings: GatewaySettings) -> FastAPI:
-    """Build the gateway app; downstream channels open in the lifespan."""
+@dataclass(slots=True)
+class _Components:
+    """Built inside the server's event loop (grpc.aio channels are bound to their loop)."""
+
+    store: FeatureStore
+    retrieval: Downstream
+    service: SearchService
+
+
+def _build(settings: GatewaySettings) -> _Components:
     store = _store(settings)
     retrieval = _downstream(
         settings,
@@ -109,10 +117,24 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             ranking_pb2_grpc.RankingServiceStub,
         ),
     )
+    return _Components(store, retrieval, service)
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    """Build the gateway app; stores and channels are created in the lifespan."""
     readiness = Readiness()
     key_hashes = [h.lower() for h in settings.api_key_sha256]
+    holder: dict[str, _Components] = {}
+
+    def parts() -> _Components:
+        found = holder.get("c")
+        if found is None:
+            raise ApiError(503, "not ready: starting", {"Retry-After": "1"})
+        return found
 
     async def check_ready() -> None:
+        c = parts()
+        store, retrieval, service = c.store, c.retrieval, c.service
         status = await retrieval.health()
         if status != "SERVING":
             readiness.ready, readiness.reason = False, f"retrieval is {status}"
@@ -144,15 +166,16 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        c = holder["c"] = _build(settings)
         task = asyncio.create_task(watch_readiness())
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        for downstream in (retrieval, service.qu, service.ranking):
+        for downstream in (c.retrieval, c.service.qu, c.service.ranking):
             if downstream is not None:
                 await downstream.close()
-        await store.close()
+        await c.store.close()
 
     app = FastAPI(
         title="gensearch gateway",
@@ -204,7 +227,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         if not key or not matched:
             raise ApiError(401, "missing or invalid API key (header X-API-Key)")
         if settings.rate_limit_per_second > 0:
-            allowed, retry_after = await store.take_token(
+            allowed, retry_after = await parts().store.take_token(
                 digest[:16], settings.rate_limit_per_second, settings.rate_limit_burst
             )
             if not allowed:
@@ -226,7 +249,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         if not readiness.ready:
             raise ApiError(503, f"not ready: {readiness.reason}", {"Retry-After": "1"})
         try:
-            return await service.search(body, request.state.request_id)
+            return await parts().service.search(body, request.state.request_id)
         except SearchUnavailableError as exc:
             raise ApiError(exc.status, exc.reason, {"Retry-After": "1"}) from exc
 
@@ -243,15 +266,17 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             raise ApiError(422, f"item id must match {ID_PATTERN}")
         if not readiness.ready:
             raise ApiError(503, f"not ready: {readiness.reason}", {"Retry-After": "1"})
-        found = (await store.items(service.version, [item_id])).get(item_id)
+        c = parts()
+        version = c.service.version
+        found = (await c.store.items(version, [item_id])).get(item_id)
         if found is None:
-            raise ApiError(404, f"item {item_id!r} not found in version {service.version}")
+            raise ApiError(404, f"item {item_id!r} not found in version {version}")
         return ItemResponse(
             id=item_id,
             title=found.get("title"),
             brand=found.get("brand") or None,
             category=found.get("category"),
-            artifact_version=service.version,
+            artifact_version=version,
         )
 
     @app.get("/healthz", summary="Liveness")
@@ -260,7 +285,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @app.get("/readyz", summary="Readiness", responses={503: {"model": ErrorResponse}})
     async def readyz() -> JSONResponse:
-        body = {"ready": readiness.ready, "reason": readiness.reason, "version": service.version}
+        version = holder["c"].service.version if "c" in holder else ""
+        body = {"ready": readiness.ready, "reason": readiness.reason, "version": version}
         return JSONResponse(body, status_code=200 if readiness.ready else 503)
 
     @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)

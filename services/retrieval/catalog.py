@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from services.common.artifacts import ArtifactSet
+from services.common.errors import ArtifactIntegrityError
 
 CATEGORY_SEP = " > "
 
@@ -27,12 +28,16 @@ class Catalog:
         self.rows_with_prefixes = lru_cache(maxsize=256)(self._rows_with_prefixes)
 
     @classmethod
-    def load(cls, artifacts: ArtifactSet) -> Catalog:
+    def load(cls, artifacts: ArtifactSet, codes: np.ndarray) -> Catalog:
+        """Items of ``artifacts`` with ``codes`` (the SIDs the generator was trained on)."""
         table = pq.read_table(
             artifacts.path("tables/items.parquet"), columns=["item_id", "categories"]
         ).to_pydict()
         categories = [CATEGORY_SEP.join(path or []) for path in table["categories"]]
-        codes = np.load(artifacts.path("sids/codes.npy"), allow_pickle=False)
+        if len(codes) != len(categories):
+            raise ArtifactIntegrityError(
+                f"artifact {artifacts.version}: {len(codes)} SIDs for {len(categories)} items"
+            )
         return cls([str(i) for i in table["item_id"]], categories, codes)
 
     def __len__(self) -> int:

@@ -43,6 +43,7 @@ class DecodeJob:
     trie: SidTrie
     beam_width: int
     n_results: int
+    exclude_rows: np.ndarray
 
 
 class SidGenerator(Protocol):
@@ -222,15 +223,14 @@ class RetrievalEngine:
         return sub
 
     def job(self, prepared: Prepared) -> DecodeJob:
-        # Ask for enough hypotheses to survive the exclusions (post-filtered:
-        # exclusions are few, a per-request sub-trie would cost more than it saves).
-        wanted = prepared.k + len(prepared.exclude)
+        """The decoding problem: exclusions are pruned inside decoding, not post-filtered."""
         return DecodeJob(
             query=prepared.query,
             history_rows=prepared.history_rows,
             trie=self.trie_for(prepared),
             beam_width=prepared.beam_width,
-            n_results=wanted,
+            n_results=prepared.k,
+            exclude_rows=np.asarray(sorted(prepared.exclude), dtype=np.int64),
         )
 
     # -- decoding (runs in the batcher's worker thread) ----------------------

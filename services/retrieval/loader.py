@@ -1,0 +1,108 @@
+"""Build a warmed :class:`RetrievalEngine` from one manifest-checked artifact version."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from services.common.artifacts import ArtifactRepository, ArtifactSet
+from services.common.errors import ArtifactIntegrityError
+from services.common.text_encoder import TextEncoder
+from services.retrieval.ann import AnnIndex
+from services.retrieval.beam_search import BeamSearch
+from services.retrieval.catalog import Catalog
+from services.retrieval.config import RetrievalSettings
+from services.retrieval.encoding import CONFIG_FILE, TOKENIZER_FILE, EncodingConfig, InputEncoder
+from services.retrieval.engine import DecodeJob, RetrievalEngine
+from services.retrieval.generator import OnnxSidGenerator
+from services.retrieval.onnx_generator import DECODER_NAME, ENCODER_NAME, OnnxStepModel
+from services.retrieval.trie import SidTrie
+
+log = logging.getLogger(__name__)
+
+GENERATOR_CODES = "generator/sid_codes.npy"
+SID_CODES = "sids/codes.npy"
+SID_TRIE = "sids/trie.npz"
+TEXT_ENCODER = "models/text_encoder/1/model.onnx"
+TEXT_TOKENIZER = "models/text_encoder/tokenizer.json"
+
+
+def _codes_and_trie(
+    arts: ArtifactSet, encoder_sizes: tuple[int, ...]
+) -> tuple[np.ndarray, SidTrie]:
+    """The SIDs the generator was trained on and their trie (the stored one when it matches)."""
+    if not arts.has(GENERATOR_CODES):
+        raise ArtifactIntegrityError(
+            f"artifact {arts.version} has no trained generator ({GENERATOR_CODES}); "
+            "build it with `make artifacts`"
+        )
+    codes = np.load(arts.path(GENERATOR_CODES), allow_pickle=False).astype(np.int64)
+    if arts.has(SID_TRIE) and arts.has(SID_CODES):
+        stored = np.load(arts.path(SID_CODES), allow_pickle=False)
+        if stored.shape == codes.shape and np.array_equal(stored, codes):
+            trie = SidTrie.load(arts.path(SID_TRIE))
+            if tuple(trie.codebook_sizes) == encoder_sizes:
+                return codes, trie
+    # The generator was trained on another SID index (e.g. a published one): build its trie.
+    return codes, SidTrie.build(codes, encoder_sizes, version=arts.version)
+
+
+def load_engine(settings: RetrievalSettings) -> RetrievalEngine:
+    """Open the configured version, load every model, warm up and calibrate the beam cost."""
+    start = time.perf_counter()
+    arts = ArtifactRepository(settings.artifact_dir).open(settings.artifact_version or None)
+    encoding_cfg = arts.path(f"generator/{CONFIG_FILE}")
+    tokenizer = arts.path(f"generator/{TOKENIZER_FILE}")
+    sizes = EncodingConfig.from_json(encoding_cfg.read_text()).codebook_sizes
+    codes, trie = _codes_and_trie(arts, tuple(sizes))
+    encoder = InputEncoder.from_files(encoding_cfg, tokenizer, codes)
+    model = OnnxStepModel.from_artifact(arts.path, settings.intra_op_threads)
+    generator = OnnxSidGenerator(encoder, BeamSearch(model, encoder.layout, trie, codes))
+    catalog = Catalog.load(arts, codes)
+    ann = AnnIndex(np.load(arts.path("embeddings/items.npy"), allow_pickle=False))
+    embedder = None
+    if arts.has(TEXT_ENCODER):
+        embedder = TextEncoder(
+            arts.path(TEXT_ENCODER), arts.path(TEXT_TOKENIZER), settings.intra_op_threads
+        )
+    engine = RetrievalEngine(
+        settings,
+        arts.version,
+        catalog,
+        trie,
+        generator,
+        ann,
+        embedder,
+        manifest_sha256=arts.manifest_sha256,
+        model_names=[ENCODER_NAME, DECODER_NAME, *(["text_encoder"] if embedder else [])],
+    )
+    warm_up(engine)
+    log.info(
+        "engine loaded",
+        extra={
+            "version": arts.version,
+            "items": len(catalog),
+            "depth": trie.depth,
+            "seconds": round(time.perf_counter() - start, 2),
+        },
+    )
+    return engine
+
+
+def warm_up(engine: RetrievalEngine) -> None:
+    """Run real decodes at two beam widths; fit the deadline-aware beam cost model."""
+    history = np.arange(min(5, len(engine.catalog)), dtype=np.int64)
+    empty = np.zeros(0, dtype=np.int64)
+    timings = []
+    for beam in (1, engine.settings.default_beam_width):
+        job = DecodeJob("warm up query", history, engine.trie, beam, 10, empty)
+        engine.generator.decode([job])  # first call pays one-off allocations
+        start = time.perf_counter()
+        for _ in range(3):
+            engine.generator.decode([job])
+        timings.append((beam, (time.perf_counter() - start) / 3))
+    if engine.embedder is not None:
+        engine.embedder.encode(["warm up"])
+    engine.cost.calibrate(timings[0], timings[1])
