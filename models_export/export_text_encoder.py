@@ -9,10 +9,14 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from models_export.triton import write_triton_config
+
+if TYPE_CHECKING:
+    from models_export.pipeline import BuildContext
 
 MODEL_NAME = "text_encoder"
 MAX_LENGTH = 128
@@ -102,3 +106,10 @@ def export_text_encoder(models_dir: Path, opset: int = 17) -> dict[str, float]:
         expected = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).numpy()
     got = TextEncoder(out_dir / "1" / "model.onnx", out_dir / "tokenizer.json").encode(texts)
     return {"max_abs_diff_vs_torch": float(np.abs(expected - got).max())}
+
+
+def step_text_encoder(ctx: BuildContext) -> str:
+    """Pipeline step: export the query/text encoder into ``models/`` with its parity check."""
+    parity = export_text_encoder(ctx.path("models"))
+    ctx.eval_results["text_encoder"] = parity
+    return f"text encoder exported (max |onnx - torch| = {parity['max_abs_diff_vs_torch']:.2e})"

@@ -1,0 +1,1 @@
+"""Offline pipeline: ingest, derived queries, embeddings, semantic IDs, artifact builds."""

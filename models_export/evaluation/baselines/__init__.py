@@ -1,0 +1,1 @@
+"""Baseline retrievers for the evaluation harness (all torch-free except ``sasrec``)."""

@@ -1,0 +1,45 @@
+"""Artifact pipeline step: evaluate the baselines into ``eval/baselines.json``."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from models_export.evaluation.baselines.minilm import minilm_encoder
+from models_export.evaluation.cli import suite_config
+from models_export.evaluation.data import SPLITS, load_from_dir
+from models_export.evaluation.report import results_dict, summary_line
+from models_export.evaluation.suite import ALL_METHODS, run_baselines
+
+if TYPE_CHECKING:
+    from models_export.pipeline import BuildContext
+
+OUTPUT = "eval/baselines.json"
+
+
+def step_eval_baselines(ctx: BuildContext) -> str:
+    """Run every baseline on valid and test; store the results and a test summary."""
+    cfg = suite_config(ctx.quick, list(ALL_METHODS), list(SPLITS), False, 0)
+    data = load_from_dir(ctx.version_dir)
+    # Queries are embedded with the same model and settings as the items of this build.
+    result = run_baselines(data, cfg, encoder_factory=lambda: minilm_encoder(ctx.settings.embed))
+    doc = results_dict(
+        result,
+        "python -m models_export artifacts" + (" --quick" if ctx.quick else ""),
+        "Baselines (artifact build)",
+    )
+    ctx.path(OUTPUT).write_text(json.dumps(doc, indent=2) + "\n")
+    ctx.config["eval_baselines"] = result.config
+    ctx.eval_results["baselines"] = {
+        "file": OUTPUT,
+        "queries_derived": True,
+        "test": {
+            f"{r.mode}/{r.query_kind or '-'}/{r.method}": {
+                "recall@10": r.metrics["recall@10"],
+                "ndcg@10": r.metrics["ndcg@10"],
+            }
+            for r in result.rows
+            if r.split == "test" and r.metrics is not None
+        },
+    }
+    return summary_line(result, "test")

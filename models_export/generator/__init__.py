@@ -1,0 +1,1 @@
+"""The generative SID retriever: T5 model, training, ONNX export (offline, uses torch)."""

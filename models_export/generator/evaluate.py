@@ -1,0 +1,48 @@
+"""Evaluate an exported generator (ONNX Runtime) with the evaluation harness."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models_export.evaluation.data import load_from_dir
+from models_export.evaluation.harness import DERIVED_NOTE, EvalSettings, ResultRow, run_suite
+from models_export.generator.retriever import open_onnx_retriever
+
+
+def evaluate_run(
+    run_dir: Path,
+    version_dir: Path,
+    codes: np.ndarray,
+    text: bool = True,
+    split: str = "test",
+    beam_width: int = 20,
+    threads: int = 2,
+    name: str = "generative",
+) -> list[ResultRow]:
+    """Every mode on ``split``; writes ``eval/generator_<split>.json`` under ``run_dir``."""
+    data = load_from_dir(version_dir, with_embeddings=False)
+    retriever = open_onnx_retriever(
+        run_dir, codes, name=name, beam_width=beam_width, threads=threads, text=text
+    )
+    rows = run_suite([retriever], data, EvalSettings(splits=(split,), batch_size=256))
+    out: dict[str, Any] = {
+        "split": split,
+        "beam_width": beam_width,
+        "note": DERIVED_NOTE,
+        "rows": [r.to_dict() for r in rows],
+    }
+    path = run_dir / "eval" / f"generator_{split}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    for r in rows:
+        if r.metrics is not None:
+            m = r.metrics
+            print(
+                f"{split} {r.mode:15s} {r.query_kind or '-':9s} n={r.n:5d} "
+                f"R@10 {m['recall@10']:.4f} NDCG@10 {m['ndcg@10']:.4f} ({r.seconds:.0f}s)"
+            )
+    return rows

@@ -1,0 +1,304 @@
+"""``python -m models_export artifacts``: build one versioned artifact directory.
+
+The build is the list :data:`STEPS` of ``(name, "module:function")``; each function takes
+the :class:`BuildContext` and returns a short summary string. To add a step (evaluation,
+model training/export), add ONE line to :data:`STEPS`. A step writes its files under
+``ctx.version_dir``, may add its settings to ``ctx.config[<name>]`` and its results to
+``ctx.eval_results[<name>]`` (both go into the manifest), and reads what earlier steps
+produced from ``ctx.version_dir`` (or from ``ctx.cache`` when they ran in this process).
+``ctx.quick`` asks for smaller settings.
+
+The version is ``<UTC yyyymmdd-hhmmss>-<8 hex of the config hash>``. The manifest
+(sha256 of every file) is written after the last step, then ``CURRENT`` is moved; a
+failed build leaves a directory without a manifest, which no service will open.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from models_export import embeddings, ingest, queries, semantic_ids
+from services.common.artifacts import set_current, sha256_file, write_manifest
+from services.common.config import artifact_root, data_dir
+
+StepFn = Callable[["BuildContext"], str]
+
+STEPS: list[tuple[str, str]] = [
+    ("ingest", "models_export.pipeline:step_ingest"),
+    ("queries", "models_export.pipeline:step_queries"),
+    ("embeddings", "models_export.pipeline:step_embeddings"),
+    ("semantic_ids", "models_export.pipeline:step_semantic_ids"),
+    ("trie", "models_export.pipeline:step_trie"),
+    ("text_encoder", "models_export.export_text_encoder:step_text_encoder"),
+    ("generator", "models_export.generator.pipeline_step:step_generator"),
+    ("eval_baselines", "models_export.evaluation.pipeline_step:step_eval_baselines"),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class BuildSettings:
+    """What the built-in steps use; ``quick`` shrinks the expensive ones."""
+
+    quick: bool
+    text: embeddings.TextConfig
+    embed: embeddings.EmbedConfig
+    sids: semantic_ids.SidConfig
+
+    @classmethod
+    def for_mode(cls, quick: bool) -> BuildSettings:
+        if quick:
+            return cls(
+                quick=True,
+                text=embeddings.TextConfig(max_description_words=16),
+                embed=embeddings.EmbedConfig(max_seq_length=96),
+                sids=semantic_ids.SidConfig(kmeans_niter=10, opq_niter=8, balance_iters=1),
+            )
+        return cls(
+            quick=False,
+            text=embeddings.TextConfig(),
+            embed=embeddings.EmbedConfig(),
+            sids=semantic_ids.SidConfig(),
+        )
+
+    def to_config(self) -> dict[str, Any]:
+        return {
+            "build": "quick" if self.quick else "full",
+            "text": asdict(self.text),
+            "embed": asdict(self.embed),
+            "sids": asdict(self.sids),
+        }
+
+
+@dataclass(slots=True)
+class BuildContext:
+    """Everything a step needs; steps communicate through files and ``cache``."""
+
+    data_dir: Path
+    root: Path
+    version: str
+    settings: BuildSettings
+    config: dict[str, Any]
+    eval_results: dict[str, Any] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def quick(self) -> bool:
+        return self.settings.quick
+
+    @property
+    def version_dir(self) -> Path:
+        return self.root / self.version
+
+    def path(self, rel: str) -> Path:
+        """``version_dir / rel`` with its parent directory created."""
+        full = self.version_dir / rel
+        full.parent.mkdir(parents=True, exist_ok=True)
+        return full
+
+    def items(self) -> list[ingest.Item]:
+        if "items" not in self.cache:
+            self.cache["items"] = ingest.read_items(self.version_dir / "tables")
+        items: list[ingest.Item] = self.cache["items"]
+        return items
+
+    def users(self) -> list[ingest.UserSplit]:
+        if "users" not in self.cache:
+            self.cache["users"] = ingest.read_users(self.version_dir / "tables")
+        users: list[ingest.UserSplit] = self.cache["users"]
+        return users
+
+    def item_embeddings(self) -> np.ndarray:
+        if "item_embeddings" not in self.cache:
+            self.cache["item_embeddings"] = np.load(
+                self.version_dir / "embeddings" / "items.npy", allow_pickle=False
+            )
+        vectors: np.ndarray = self.cache["item_embeddings"]
+        return vectors
+
+
+# --------------------------------------------------------------------------- built-in steps
+
+
+def step_ingest(ctx: BuildContext) -> str:
+    """Validated items/users tables and the ingest report."""
+    result = ingest.ingest_data_dir(ctx.data_dir, on_error="skip")
+    ingest.write_tables(result, ctx.path("tables/items.parquet").parent)
+    ctx.cache["items"], ctx.cache["users"] = result.items, result.users
+    report = result.report
+    ctx.eval_results["ingest"] = {k: v for k, v in report.to_dict().items() if k != "issues"}
+    return report.summary()
+
+
+def step_queries(ctx: BuildContext) -> str:
+    """Derived (category and title) queries for every user's valid and test target."""
+    query_set = queries.derive_queries(ctx.items(), ctx.users())
+    pq.write_table(query_set.table(), ctx.path("tables/queries.parquet"))
+    counts: dict[str, int] = {}
+    for row in query_set.rows:
+        key = f"{row['split']}/{row['kind']}"
+        counts[key] = counts.get(key, 0) + 1
+    ctx.eval_results["queries"] = {
+        "derived": True,
+        "protocol": "category: Ai et al. SIGIR 2017; title: 2-4 highest-IDF title words",
+        "counts": counts,
+        "targets_without_title_query": len(query_set.items_without_title_query),
+        "targets_without_category_query": len(query_set.items_without_category_query),
+    }
+    return query_set.summary()
+
+
+def step_embeddings(ctx: BuildContext) -> str:
+    """all-MiniLM-L6-v2 item embeddings (cached by inputs and model)."""
+    result = embeddings.embed_items(ctx.items(), ctx.settings.text, ctx.settings.embed)
+    np.save(ctx.path("embeddings/items.npy"), result.vectors, allow_pickle=False)
+    meta = result.meta(ctx.settings.text, ctx.settings.embed)
+    ctx.path("embeddings/meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    ctx.cache["item_embeddings"] = result.vectors
+    source = "cache" if result.cache_hit else "computed"
+    return f"{result.vectors.shape[0]} x {result.vectors.shape[1]} embeddings ({source})"
+
+
+def step_semantic_ids(ctx: BuildContext) -> str:
+    """RQ-OPQ semantic IDs with collisions resolved, codebooks and report."""
+    items = ctx.items()
+    row = {item.item_id: i for i, item in enumerate(items)}
+    histories = [[row[i] for i in user.train_history] for user in ctx.users()]
+    config = ctx.settings.sids
+    result = semantic_ids.build_semantic_ids(ctx.item_embeddings(), config, histories)
+    source = "embeddings/items.npy"
+    if config.collab_weight > 0:
+        source += f" + co-occurrence PPMI-SVD of train_history (weight {config.collab_weight:g})"
+    semantic_ids.save_sids(result, ctx.path("sids/codes.npy").parent, source)
+    ctx.cache["sid_codes"] = result.codes
+    before = result.report["before_resolution"]
+    after = result.report["after_resolution"]
+    ctx.eval_results["sids"] = {
+        "method": result.report["method"],
+        "codebook_sizes": list(config.codebook_sizes),
+        "distinct_before_resolution": before["distinct"],
+        "distinct_after_resolution": after["distinct"],
+        "items": after["items"],
+        "moved_items": result.report["moved_items"],
+        "reconstruction_error": result.report["reconstruction_error_after"],
+    }
+    return (
+        f"{result.report['method']}: distinct {before['distinct']} -> {after['distinct']} "
+        f"of {after['items']} ({result.report['moved_items']} moved)"
+    )
+
+
+def step_trie(ctx: BuildContext) -> str:
+    """The SID trie over the final codes (services.retrieval.trie.SidTrie)."""
+    from services.retrieval.trie import SidTrie
+
+    codes = ctx.cache.get("sid_codes")
+    if codes is None:
+        codes = np.load(ctx.version_dir / "sids" / "codes.npy", allow_pickle=False)
+    meta = json.loads((ctx.version_dir / "sids" / "meta.json").read_text())
+    trie = SidTrie.build(codes, meta["codebook_sizes"], version=ctx.version)
+    trie.save(ctx.path("sids/trie.npz"))
+    return f"trie over {len(trie)} items, depth {trie.depth}"
+
+
+# --------------------------------------------------------------------------- runner
+
+
+def resolve_step(target: str) -> StepFn:
+    """``"package.module:function"`` → the function."""
+    module_name, _, attr = target.partition(":")
+    fn = getattr(importlib.import_module(module_name), attr)
+    if not callable(fn):
+        raise TypeError(f"step {target} is not callable")
+    step: StepFn = fn
+    return step
+
+
+def input_fingerprints(base: Path) -> dict[str, str]:
+    """sha256 of the input data files (part of the config, so of the version hash)."""
+    return {rel: sha256_file(base / rel) for rel in (ingest.ITEMS_FILE, ingest.LOG_FILE)}
+
+
+def make_version(config: dict[str, Any], now: float | None = None) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{stamp}-{digest}"
+
+
+def build(
+    root: Path,
+    data: Path,
+    quick: bool = False,
+    skip: frozenset[str] = frozenset(),
+    steps: list[tuple[str, str]] | None = None,
+    settings: BuildSettings | None = None,
+) -> BuildContext:
+    """Run every step into a new version under ``root``, write the manifest, move CURRENT.
+
+    ``settings`` overrides the ones ``quick`` selects (tests use tiny codebooks).
+    """
+    settings = settings or BuildSettings.for_mode(quick)
+    config = settings.to_config()
+    config["data"] = input_fingerprints(data)
+    plan = [(n, t) for n, t in (steps if steps is not None else STEPS) if n not in skip]
+    config["steps"] = [n for n, _ in plan]
+    version = make_version(config)
+    ctx = BuildContext(data, root, version, settings, config)
+    ctx.version_dir.mkdir(parents=True, exist_ok=False)
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    for i, (name, target) in enumerate(plan, 1):
+        print(f"[{i}/{len(plan)}] {name} ...", flush=True)
+        t0 = time.perf_counter()
+        summary = resolve_step(target)(ctx)
+        timings[name] = round(time.perf_counter() - t0, 2)
+        print(f"[{i}/{len(plan)}] {name}: {summary} ({timings[name]:.1f}s)", flush=True)
+    # A list, not a dict: the manifest sorts keys and the step order matters.
+    config["step_seconds"] = [[name, seconds] for name, seconds in timings.items()]
+    write_manifest(ctx.version_dir, version, config, ctx.eval_results)
+    set_current(root, version)
+    total = time.perf_counter() - t_all
+    steps_txt = ", ".join(f"{n} {s:.1f}s" for n, s in timings.items())
+    print(
+        f"artifacts {version} ({config['build']}) built in {total:.1f}s [{steps_txt}]; "
+        f"CURRENT -> {version} in {root}"
+    )
+    return ctx
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """CLI: ``python -m models_export artifacts``."""
+    parser.add_argument("--data-dir", type=Path, default=None, help="shared data directory")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="artifact root (default ./artifacts)"
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller settings, faster build")
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        metavar="STEP",
+        help=f"leave a step out (repeatable): {', '.join(n for n, _ in STEPS)}",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    unknown = set(args.skip) - {n for n, _ in STEPS}
+    if unknown:
+        print(f"unknown step(s): {', '.join(sorted(unknown))}")
+        return 2
+    root = args.out if args.out is not None else artifact_root()
+    base = args.data_dir if args.data_dir is not None else data_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    build(root, base, quick=args.quick, skip=frozenset(args.skip))
+    return 0

@@ -1,0 +1,453 @@
+"""Constrained beam search over the SID trie: batch × beams in one array program per step.
+
+The model is reached through :class:`StepModel` (ONNX Runtime at serving, see
+``onnx_generator.py``; torch in offline validation), so this module is numpy only.
+
+Per step (one SID level): the decoder scores the level's tokens for every live beam of every
+query at once; tokens the trie does not allow after the beam's prefix (and, for a category
+filter, tokens outside the request's sub-trie; for exclusions, subtrees whose every item is
+excluded) are masked, the log-softmax is taken over the remaining tokens (log-probabilities
+renormalised over valid tokens, as Hugging Face's ``renormalize_logits=True`` does after its
+prefix constraint), and the best ``beam_width`` (prefix + token) continuations per query are
+kept. The encoder runs once per query; its cross-attention K/V are computed once and shared by
+all beams; the decoder's self-attention K/V are cached and reordered with the beams. Finished
+hypotheses are leaves of the trie, so no invalid SID can come out of constrained mode.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from services.common.errors import InvalidInputError
+from services.retrieval.encoding import DECODER_START_ID, PAD_ID, EncoderBatch, TokenLayout
+from services.retrieval.trie import SidTrie
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+MAX_BEAM_WIDTH = 512
+
+
+class StepModel(Protocol):
+    """The two calls a beam search makes (shapes use Q queries, B beams, S source tokens).
+
+    ``encode``: token slots int64 (Q, S, L), mask (Q, S) → cross K/V float32
+    (layers, 2, Q, heads, S, d_kv).
+    ``step``: last tokens int64 (Q, B), self-attention cache float32
+    (layers, 2, Q, B, heads, t, d_kv), cross K/V, mask → logits float32 (Q, B, V_dec) over
+    the decoder vocabulary and this step's K/V (layers, 2, Q, B, heads, 1, d_kv).
+    """
+
+    num_layers: int
+    num_heads: int
+    d_kv: int
+
+    def encode(self, input_ids: IntArray, attention_mask: IntArray) -> FloatArray: ...
+
+    def step(
+        self, tokens: IntArray, past: FloatArray, cross_kv: FloatArray, attention_mask: IntArray
+    ) -> tuple[FloatArray, FloatArray]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SearchOptions:
+    """Per-request options. ``trie`` None = the searcher's full trie; give a
+    ``SidTrie.subset`` (same item rows) to restrict results, e.g. to a category.
+    ``exclude``: item rows never returned; removed inside decoding."""
+
+    beam_width: int = 20
+    k: int = 10
+    trie: SidTrie | None = None
+    exclude: npt.NDArray[np.int64] | None = None
+
+
+@dataclass(slots=True)
+class SearchResult:
+    """Up to ``k`` distinct items, best first. ``scores`` are the SID's summed
+    log-probabilities (items that share a SID share its score)."""
+
+    items: IntArray
+    scores: FloatArray
+    invalid_sids: int = 0  # unconstrained mode only: finished beams that name no item
+
+
+@dataclass(slots=True)
+class StepTimes:
+    """Seconds spent in the model vs. in the search itself, accumulated over calls."""
+
+    model: float = 0.0
+    total: float = 0.0
+    calls: int = 0
+
+    def search_overhead(self) -> float:
+        return (self.total - self.model) / self.model if self.model > 0 else float("nan")
+
+
+@dataclass(slots=True)
+class _Exclusion:
+    """Nodes (per depth 1..L) whose every item is excluded, for one query."""
+
+    dead: list[npt.NDArray[np.int64]] = field(default_factory=list)
+    rows: set[int] = field(default_factory=set)
+
+
+def _log_softmax(x: FloatArray) -> FloatArray:
+    """Log-softmax over the last axis; rows that are all -inf stay -inf."""
+    top = np.max(x, axis=-1, keepdims=True)
+    top = np.where(np.isfinite(top), top, np.float32(0.0))
+    shifted = x - top
+    with np.errstate(divide="ignore"):
+        norm = np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+    norm = np.where(np.isfinite(norm), norm, np.float32(0.0))  # dead rows stay -inf
+    out: FloatArray = (shifted - norm).astype(np.float32, copy=False)
+    return out
+
+
+def _walk(trie: SidTrie, codes: npt.NDArray[np.int64]) -> list[npt.NDArray[np.int64]]:
+    """Node ids at every depth 0..L for each row of ``codes`` (-1 once off the trie)."""
+    nodes = trie.root(codes.shape[0])
+    path = [nodes]
+    for level in range(trie.depth):
+        nodes = trie.advance(level, nodes, codes[:, level])
+        path.append(nodes)
+    return path
+
+
+def excluded_nodes(
+    trie: SidTrie, item_codes: npt.NDArray[np.int64], rows: npt.ArrayLike
+) -> _Exclusion:
+    """The trie nodes under which every item is in ``rows`` (bottom-up, per depth)."""
+    row_arr = np.unique(np.asarray(rows, dtype=np.int64).reshape(-1))
+    row_arr = row_arr[(row_arr >= 0) & (row_arr < item_codes.shape[0])]
+    excl = _Exclusion(dead=[np.zeros(0, np.int64) for _ in range(trie.depth + 1)])
+    excl.rows = set(row_arr.tolist())
+    if not row_arr.size:
+        return excl
+    path = _walk(trie, item_codes[row_arr])
+    leaves = np.unique(path[-1][path[-1] >= 0])
+    dead = [
+        int(leaf)
+        for leaf, items in zip(leaves, trie.leaf_items(leaves), strict=True)
+        if excl.rows.issuperset(items.tolist())
+    ]
+    excl.dead[trie.depth] = np.asarray(sorted(dead), dtype=np.int64)
+    for depth in range(trie.depth - 1, 0, -1):
+        below = excl.dead[depth + 1]
+        if not below.size:
+            break
+        parents = np.unique(path[depth][np.isin(path[depth + 1], below)])
+        mask = trie.next_mask(depth, parents)
+        r, tok = np.nonzero(mask)
+        child = trie.advance(depth, parents[r], tok)
+        alive = ~np.isin(child, below)
+        keep = np.ones(len(parents), dtype=bool)
+        keep[np.unique(r[alive])] = False
+        excl.dead[depth] = parents[keep]
+    return excl
+
+
+def _reorder_cache(cache: FloatArray, parent: IntArray) -> FloatArray:
+    """``cache[:, :, q, parent[q, j]]`` for (layers, 2, Q, B, H, t, d) caches, as one take."""
+    nl, two, q_count, width = cache.shape[:4]
+    flat = (np.arange(q_count)[:, None] * width + parent).reshape(-1)
+    rows = cache.reshape(nl * two, q_count * width, -1)
+    out: FloatArray = np.take(rows, flat, axis=1).reshape(
+        nl, two, q_count, parent.shape[1], *cache.shape[4:]
+    )
+    return out
+
+
+def _expand_dense(
+    level_logits: FloatArray, scores: FloatArray, widths: IntArray, b_max: int
+) -> tuple[FloatArray, IntArray, IntArray]:
+    """Best continuations over every token of the level (unconstrained search)."""
+    q_count, _, size = level_logits.shape
+    cand = (scores[:, :, None] + _log_softmax(level_logits)).reshape(q_count, -1)
+    n_valid = int(np.max(np.sum(np.isfinite(cand), axis=1)))
+    width = min(b_max, n_valid)
+    if width == 0:
+        empty = np.zeros((q_count, 0), np.int64)
+        return np.zeros((q_count, 0), np.float32), empty, empty
+    if width < cand.shape[1]:
+        part = np.argpartition(cand, cand.shape[1] - width, axis=1)[:, -width:]
+    else:
+        part = np.broadcast_to(np.arange(cand.shape[1]), cand.shape).copy()
+    part_scores = np.take_along_axis(cand, part, axis=1)
+    order = np.lexsort((part, -part_scores), axis=1)  # best first, ties by index
+    top = np.take_along_axis(part, order, axis=1)
+    top_scores = np.take_along_axis(part_scores, order, axis=1)
+    top_scores[np.arange(width)[None, :] >= widths[:, None]] = -np.inf
+    return top_scores, top // size, top % size
+
+
+def _expand_sparse(
+    logits: FloatArray,
+    offset: int,
+    allowed: npt.NDArray[np.bool_],
+    scores: FloatArray,
+    widths: IntArray,
+    b_max: int,
+) -> tuple[FloatArray, IntArray, IntArray]:
+    """Best continuations among the allowed (beam, token) pairs only.
+
+    Works on the list of allowed pairs (few, below the first level) instead of the dense
+    (queries, beams, codebook) block: per-beam log-softmax over its allowed tokens by
+    segment reductions, then one sort by (query, -score).
+    """
+    q_count, width_in, size = allowed.shape
+    row, token = np.nonzero(allowed.reshape(q_count * width_in, size))
+    if not row.size:
+        empty = np.zeros((q_count, 0), np.int64)
+        return np.zeros((q_count, 0), np.float32), empty, empty
+    flat_logits = logits.reshape(q_count * width_in, logits.shape[-1])
+    values = flat_logits[row, token + offset]
+    # log-softmax per beam over its allowed tokens (rows come out of nonzero sorted)
+    change = np.empty(row.size, dtype=bool)
+    change[0] = True
+    np.not_equal(row[1:], row[:-1], out=change[1:])
+    starts = np.flatnonzero(change)
+    segment = np.cumsum(change) - 1
+    top = np.maximum.reduceat(values, starts)
+    shifted = values - top[segment]
+    norm = np.log(np.add.reduceat(np.exp(shifted), starts))
+    cand = scores.reshape(-1)[row] + (shifted - norm[segment])
+    if q_count == 1:  # the latency-critical case: one sort, no per-query bookkeeping
+        best = np.argsort(-cand, kind="stable")[: min(b_max, int(widths[0]))]
+        return cand[best][None, :], row[best][None, :], token[best][None, :]
+    query = row // width_in
+    # sort by query, then best score first (ties: earlier beam/token first)
+    key = query * 1e7 - np.clip(cand.astype(np.float64), -1e6, 0.0)
+    order = np.argsort(key, kind="stable")
+    q_sorted = query[order]
+    counts = np.bincount(q_sorted, minlength=q_count)
+    first = np.cumsum(counts) - counts
+    rank = np.arange(order.size) - first[q_sorted]
+    keep = rank < widths[q_sorted]
+    width = int(min(b_max, np.max(np.minimum(counts, widths))))
+    top_scores = np.full((q_count, width), -np.inf, dtype=np.float32)
+    parent = np.zeros((q_count, width), dtype=np.int64)
+    tok = np.zeros((q_count, width), dtype=np.int64)
+    qk, rk, chosen = q_sorted[keep], rank[keep], order[keep]
+    top_scores[qk, rk] = cand[chosen]
+    parent[qk, rk] = row[chosen] - qk * width_in
+    tok[qk, rk] = token[chosen]
+    return top_scores, parent, tok
+
+
+class BeamSearch:
+    """Batched beam search of SIDs; ``constrained=False`` drops the trie (for comparison)."""
+
+    def __init__(
+        self,
+        model: StepModel,
+        layout: TokenLayout,
+        trie: SidTrie,
+        item_codes: npt.ArrayLike,
+        *,
+        constrained: bool = True,
+    ) -> None:
+        if trie.depth != layout.depth or tuple(trie.codebook_sizes) != tuple(layout.codebook_sizes):
+            raise InvalidInputError(
+                f"trie codebooks {trie.codebook_sizes} do not match the model's "
+                f"{layout.codebook_sizes}"
+            )
+        self.model = model
+        self.layout = layout
+        self.trie = trie
+        self.item_codes = np.asarray(item_codes, dtype=np.int64)
+        self.constrained = constrained
+        self.times = StepTimes()
+
+    def add_items(self, item_codes: npt.ArrayLike) -> None:
+        """Cold start: codes of items appended to the catalog (and to the trie by the caller)."""
+        self.item_codes = np.concatenate([self.item_codes, np.asarray(item_codes, np.int64)])
+
+    # ------------------------------------------------------------------ helpers
+
+    def _check(self, batch: EncoderBatch, options: Sequence[SearchOptions]) -> None:
+        if len(batch) != len(options):
+            raise InvalidInputError(f"{len(batch)} inputs but {len(options)} option sets")
+        for o in options:
+            if not 1 <= o.beam_width <= MAX_BEAM_WIDTH:
+                raise InvalidInputError(f"beam_width must be in [1, {MAX_BEAM_WIDTH}]")
+            if o.k < 1:
+                raise InvalidInputError("k must be >= 1")
+            if o.trie is not None and o.trie.codebook_sizes != self.trie.codebook_sizes:
+                raise InvalidInputError("a request trie must share the model's codebooks")
+
+    def _groups(self, options: Sequence[SearchOptions]) -> list[tuple[SidTrie, IntArray]]:
+        """Queries grouped by the trie that constrains them."""
+        by_trie: dict[int, tuple[SidTrie, list[int]]] = {}
+        for q, o in enumerate(options):
+            trie = o.trie if o.trie is not None else self.trie
+            by_trie.setdefault(id(trie), (trie, []))[1].append(q)
+        return [(t, np.asarray(qs, dtype=np.int64)) for t, qs in by_trie.values()]
+
+    def _allowed(
+        self,
+        level: int,
+        nodes: IntArray,
+        groups: list[tuple[SidTrie, IntArray]],
+        exclusions: dict[int, _Exclusion],
+    ) -> npt.NDArray[np.bool_]:
+        q_count, width = nodes.shape
+        size = self.layout.codebook_sizes[level]
+        if len(groups) == 1:
+            allowed = groups[0][0].next_mask(level, nodes.reshape(-1)).reshape(q_count, width, size)
+        else:
+            allowed = np.zeros((q_count, width, size), dtype=bool)
+            for trie, qs in groups:
+                allowed[qs] = trie.next_mask(level, nodes[qs].reshape(-1)).reshape(
+                    len(qs), width, size
+                )
+        for q, excl in exclusions.items():
+            dead = excl.dead[level + 1]
+            if not dead.size:
+                continue
+            trie = _trie_of(groups, q)
+            b, tok = np.nonzero(allowed[q])
+            if not b.size:
+                continue
+            child = trie.advance(level, nodes[q, b], tok)
+            hit = np.isin(child, dead)
+            allowed[q, b[hit], tok[hit]] = False
+        return allowed
+
+    # ------------------------------------------------------------------ search
+
+    def search(self, batch: EncoderBatch, options: Sequence[SearchOptions]) -> list[SearchResult]:
+        """Decode every query of ``batch`` with its own options; one result per query."""
+        self._check(batch, options)
+        t_start = time.perf_counter()
+        model_s = 0.0
+        layout = self.layout
+        q_count = len(options)
+        if q_count == 0:
+            return []
+        widths = np.asarray([o.beam_width for o in options], dtype=np.int64)
+        b_max = int(widths.max())
+        groups = self._groups(options)
+        exclusions: dict[int, _Exclusion] = {}
+        for q, o in enumerate(options):
+            if o.exclude is not None and len(o.exclude):
+                trie = o.trie if o.trie is not None else self.trie
+                exclusions[q] = excluded_nodes(trie, self.item_codes, o.exclude)
+
+        t0 = time.perf_counter()
+        cross = self.model.encode(batch.input_ids, batch.attention_mask)
+        model_s += time.perf_counter() - t0
+        n_layers, n_heads, d_kv = self.model.num_layers, self.model.num_heads, self.model.d_kv
+
+        offsets = layout.level_offsets
+        q_index = np.arange(q_count, dtype=np.int64)[:, None]
+        tokens = np.full((q_count, 1), DECODER_START_ID, dtype=np.int64)
+        past = np.zeros((n_layers, 2, q_count, 1, n_heads, 0, d_kv), dtype=np.float32)
+        scores = np.zeros((q_count, 1), dtype=np.float32)
+        nodes = np.zeros((q_count, 1), dtype=np.int64)  # root
+        codes = np.zeros((q_count, 1, 0), dtype=np.int64)
+        for level in range(layout.depth):
+            t0 = time.perf_counter()
+            logits, new_kv = self.model.step(tokens, past, cross, batch.attention_mask)
+            model_s += time.perf_counter() - t0
+            if self.constrained:
+                allowed = self._allowed(level, nodes, groups, exclusions)
+                top_scores, parent, token = _expand_sparse(
+                    logits, offsets[level], allowed, scores, widths, b_max
+                )
+            else:
+                top_scores, parent, token = _expand_dense(
+                    logits[:, :, layout.level_slice(level)], scores, widths, b_max
+                )
+            width = top_scores.shape[1]
+            if width == 0:
+                return [
+                    SearchResult(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in options
+                ]
+            live = np.isfinite(top_scores)
+            if self.constrained:
+                parent_nodes = np.where(live, nodes[q_index, parent], -1)
+                if len(groups) == 1:
+                    nodes = (
+                        groups[0][0]
+                        .advance(level, parent_nodes.reshape(-1), token.reshape(-1))
+                        .reshape(q_count, width)
+                    )
+                else:
+                    nodes = np.empty((q_count, width), dtype=np.int64)
+                    for trie, qs in groups:
+                        nodes[qs] = trie.advance(
+                            level, parent_nodes[qs].reshape(-1), token[qs].reshape(-1)
+                        ).reshape(len(qs), width)
+            if not self.constrained:  # constrained beams are tracked by their trie nodes
+                codes = np.concatenate([codes[q_index, parent], token[:, :, None]], axis=2)
+            scores = top_scores
+            if level + 1 < layout.depth:
+                past = _reorder_cache(np.concatenate([past, new_kv], axis=5), parent)
+                tokens = np.where(live, token + offsets[level], PAD_ID)
+        results = self._finish(codes, scores, nodes, options, exclusions, groups)
+        self.times.model += model_s
+        self.times.total += time.perf_counter() - t_start
+        self.times.calls += 1
+        return results
+
+    def _finish(
+        self,
+        codes: IntArray,
+        scores: FloatArray,
+        nodes: IntArray,
+        options: Sequence[SearchOptions],
+        exclusions: dict[int, _Exclusion],
+        groups: list[tuple[SidTrie, IntArray]],
+    ) -> list[SearchResult]:
+        """Finished beams → distinct items (a leaf names several items only on collisions)."""
+        leaves = np.full(scores.shape, -1, dtype=np.int64)
+        live = np.isfinite(scores)
+        per_leaf: list[list[npt.NDArray[np.int64]]] = [[] for _ in options]
+        for trie, qs in groups:  # one leaf lookup per trie, not per query
+            if self.constrained:
+                sub = np.where(live[qs], nodes[qs], -1)
+            else:
+                sub = _walk(trie, codes[qs].reshape(-1, codes.shape[-1]))[-1].reshape(len(qs), -1)
+                sub = np.where(live[qs], sub, -1)
+            leaves[qs] = sub
+            found = trie.leaf_items(sub.reshape(-1))
+            width = sub.shape[1]
+            for i, q in enumerate(qs.tolist()):
+                per_leaf[q] = found[i * width : (i + 1) * width]
+        out: list[SearchResult] = []
+        for q, o in enumerate(options):
+            invalid = int(np.sum(live[q] & (leaves[q] < 0)))
+            excluded = exclusions[q].rows if q in exclusions else set()
+            items: list[int] = []
+            item_scores: list[float] = []
+            seen: set[int] = set()
+            for leaf_rows, score in zip(per_leaf[q], scores[q].tolist(), strict=True):
+                for row in leaf_rows.tolist():
+                    if row in seen or row in excluded:
+                        continue
+                    seen.add(row)
+                    items.append(row)
+                    item_scores.append(score)
+                if len(items) >= o.k:
+                    break
+            out.append(
+                SearchResult(
+                    np.asarray(items[: o.k], dtype=np.int64),
+                    np.asarray(item_scores[: o.k], dtype=np.float32),
+                    invalid,
+                )
+            )
+        return out
+
+
+def _trie_of(groups: list[tuple[SidTrie, IntArray]], q: int) -> SidTrie:
+    """The trie of query ``q``'s group."""
+    for trie, qs in groups:
+        if np.any(qs == q):
+            return trie
+    raise KeyError(q)

@@ -1,0 +1,175 @@
+"""The generator on ONNX Runtime, torch-free: the two sessions (encoder + cached decoder
+step, :class:`OnnxStepModel`, a ``beam_search.StepModel``) and :class:`OnnxSidGenerator`,
+the batch API the retrieval service calls (text + history in, item rows out).
+
+See ``models_export/generator/export_onnx.py`` for the graphs' inputs and outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from services.common.errors import ArtifactIntegrityError
+from services.retrieval.beam_search import BeamSearch, SearchOptions, StepModel
+from services.retrieval.encoding import CONFIG_FILE, TOKENIZER_FILE, InputEncoder
+from services.retrieval.trie import SidTrie
+
+ENCODER_NAME = "generator_encoder"
+DECODER_NAME = "generator_decoder"
+ENCODER_MODEL = f"models/{ENCODER_NAME}/1/model.onnx"
+DECODER_MODEL = f"models/{DECODER_NAME}/1/model.onnx"
+GENERATOR_DIR = "generator"
+
+
+def session_options(intra_op_threads: int) -> ort.SessionOptions:
+    """One session per model, explicit thread count (several processes share few cores)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra_op_threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return opts
+
+
+@dataclass(frozen=True, slots=True)
+class KvShape:
+    num_layers: int
+    num_heads: int
+    d_kv: int
+
+
+def _kv_shape(session: ort.InferenceSession) -> KvShape:
+    """(layers, heads, d_kv) read from the decoder's ``past`` input."""
+    for inp in session.get_inputs():
+        if inp.name == "past":
+            dims = inp.shape
+            if len(dims) == 7 and all(isinstance(dims[i], int) for i in (0, 4, 6)):
+                return KvShape(int(dims[0]), int(dims[4]), int(dims[6]))
+    raise ArtifactIntegrityError("decoder graph has no (layers, 2, Q, B, heads, t, d_kv) 'past'")
+
+
+class OnnxStepModel:
+    """Encoder + decoder-step sessions on ONNX Runtime (CPU by default)."""
+
+    def __init__(
+        self,
+        encoder_path: Path,
+        decoder_path: Path,
+        intra_op_threads: int = 1,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+    ) -> None:
+        opts = session_options(intra_op_threads)
+        self.encoder = ort.InferenceSession(str(encoder_path), opts, providers=list(providers))
+        self.decoder = ort.InferenceSession(str(decoder_path), opts, providers=list(providers))
+        shape = _kv_shape(self.decoder)
+        self.num_layers = shape.num_layers
+        self.num_heads = shape.num_heads
+        self.d_kv = shape.d_kv
+        self.decoder_vocab_size = int(self.decoder.get_outputs()[0].shape[-1])
+
+    @classmethod
+    def from_artifact(
+        cls, resolve: Callable[[str], Path], intra_op_threads: int = 1
+    ) -> OnnxStepModel:
+        """Open both graphs through ``resolve`` (e.g. a manifest-checking ``ArtifactSet.path``)."""
+        return cls(resolve(ENCODER_MODEL), resolve(DECODER_MODEL), intra_op_threads)
+
+    def encode(
+        self, input_ids: npt.NDArray[np.int64], attention_mask: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float32]:
+        out: Any = self.encoder.run(
+            ["cross_kv"], {"input_ids": input_ids, "attention_mask": attention_mask}
+        )[0]
+        return np.asarray(out)
+
+    def step(
+        self,
+        tokens: npt.NDArray[np.int64],
+        past: npt.NDArray[np.float32],
+        cross_kv: npt.NDArray[np.float32],
+        attention_mask: npt.NDArray[np.int64],
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        logits, new_kv = self.decoder.run(
+            ["logits", "new_kv"],
+            {
+                "tokens": tokens,
+                "past": np.ascontiguousarray(past),
+                "cross_kv": cross_kv,
+                "attention_mask": attention_mask,
+            },
+        )
+        return np.asarray(logits), np.asarray(new_kv)
+
+
+class DecodeRequest(Protocol):
+    """What the retrieval engine hands over per request (duck-typed ``DecodeJob``)."""
+
+    query: str
+    history_rows: npt.NDArray[np.int64]
+    trie: SidTrie
+    beam_width: int
+    n_results: int
+
+
+class OnnxSidGenerator:
+    """Input encoding + ONNX sessions + constrained beam search, batch in → items out.
+
+    ``decode`` matches ``services.retrieval.engine.SidGenerator``: for each job, up to
+    ``n_results`` distinct (item row, summed log-prob) pairs, best first.
+    """
+
+    def __init__(
+        self, encoder: InputEncoder, model: StepModel, trie: SidTrie, item_codes: npt.ArrayLike
+    ) -> None:
+        self.encoder = encoder
+        self.search = BeamSearch(model, encoder.layout, trie, item_codes)
+
+    @classmethod
+    def from_artifact(
+        cls,
+        resolve: Callable[[str], Path],
+        trie: SidTrie,
+        item_codes: npt.ArrayLike,
+        intra_op_threads: int = 1,
+    ) -> OnnxSidGenerator:
+        """Load ``generator/encoding.json``, ``generator/tokenizer.json`` and both graphs
+        through ``resolve`` (``ArtifactSet.path`` verifies each file's sha256)."""
+        encoder = InputEncoder.from_files(
+            resolve(f"{GENERATOR_DIR}/{CONFIG_FILE}"),
+            resolve(f"{GENERATOR_DIR}/{TOKENIZER_FILE}"),
+            item_codes,
+        )
+        model = OnnxStepModel.from_artifact(resolve, intra_op_threads)
+        if model.decoder_vocab_size != encoder.layout.decoder_vocab_size:
+            raise ArtifactIntegrityError(
+                f"decoder scores {model.decoder_vocab_size} tokens, the encoding expects "
+                f"{encoder.layout.decoder_vocab_size}: graphs and encoding do not match"
+            )
+        return cls(encoder, model, trie, item_codes)
+
+    def decode(self, jobs: Sequence[DecodeRequest]) -> list[list[tuple[int, float]]]:
+        if not jobs:
+            return []
+        batch = self.encoder.encode(
+            [j.query or None for j in jobs], [np.asarray(j.history_rows) for j in jobs]
+        )
+        options = [
+            SearchOptions(
+                beam_width=j.beam_width,
+                k=j.n_results,
+                trie=j.trie,
+                exclude=getattr(j, "exclude_rows", None),
+            )
+            for j in jobs
+        ]
+        return [
+            list(zip(r.items.tolist(), r.scores.tolist(), strict=True))
+            for r in self.search.search(batch, options)
+        ]

@@ -1,0 +1,296 @@
+"""Constrained beam search: exactness against brute force, validity, filters, exclusions.
+
+The model is a numpy fake whose logits are a fixed random function of (query, SID prefix).
+It reads the prefix back out of the self-attention cache it is handed, so a wrong cache
+reordering changes the scores and fails the brute-force comparisons.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.common.errors import InvalidInputError
+from services.retrieval.beam_search import BeamSearch, SearchOptions, excluded_nodes
+from services.retrieval.encoding import EncoderBatch, TokenLayout
+from services.retrieval.trie import SidTrie
+
+
+class FakeStepModel:
+    """Logits = hash(query ids, prefix tokens) → N(0, scale) over the decoder vocabulary."""
+
+    num_layers = 1
+    num_heads = 1
+    d_kv = 1
+
+    def __init__(self, layout: TokenLayout, scale: float = 2.0) -> None:
+        self.layout = layout
+        self.scale = scale
+        self.calls: list[tuple[int, int]] = []
+
+    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        q, s = attention_mask.shape
+        ids = np.where(attention_mask > 0, input_ids[:, :, 0], 0).astype(np.float32)
+        return ids.reshape(1, 1, q, 1, s, 1).repeat(2, axis=1)
+
+    def logits_for(self, query: tuple[int, ...], prefix: tuple[int, ...]) -> np.ndarray:
+        seed = zlib.crc32(repr((query, prefix)).encode())
+        rng = np.random.default_rng(seed)
+        out: np.ndarray = rng.normal(0.0, self.scale, self.layout.decoder_vocab_size)
+        return out.astype(np.float32)
+
+    def step(
+        self, tokens: np.ndarray, past: np.ndarray, cross_kv: np.ndarray, attention_mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        q, b = tokens.shape
+        self.calls.append((q, b))
+        logits = np.zeros((q, b, self.layout.decoder_vocab_size), np.float32)
+        for i in range(q):
+            query = tuple(int(x) for x in cross_kv[0, 0, i, 0, :, 0] if x != 0)  # unpad
+            for j in range(b):
+                prefix = (*(int(x) for x in past[0, 0, i, j, 0, :, 0]), int(tokens[i, j]))
+                logits[i, j] = self.logits_for(query, prefix[1:])  # drop the start token
+        new_kv = tokens.astype(np.float32).reshape(1, 1, q, b, 1, 1, 1).repeat(2, axis=1)
+        return logits, new_kv
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    m = np.max(x)
+    return x - m - np.log(np.sum(np.exp(x - m)))
+
+
+def brute_force(
+    model: FakeStepModel, trie: SidTrie, codes: np.ndarray, query: tuple[int, ...], rows: np.ndarray
+) -> dict[int, float]:
+    """Exact constrained score of every item in ``rows`` (renormalised over valid tokens)."""
+    layout = model.layout
+    out: dict[int, float] = {}
+    for r in rows.tolist():
+        total = 0.0
+        prefix: tuple[int, ...] = ()
+        for level in range(layout.depth):
+            mask = trie.valid_next_mask(codes[r : r + 1, :level])[0]
+            logits = model.logits_for(query, prefix)[layout.level_slice(level)]
+            lp = log_softmax(logits[mask])
+            total += float(lp[np.flatnonzero(mask).tolist().index(codes[r, level])])
+            prefix = (*prefix, int(codes[r, level]) + layout.level_offsets[level])
+        out[r] = total
+    return out
+
+
+def make_catalog(n: int, sizes: tuple[int, ...], seed: int = 0, unique: bool = True) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    codes = np.stack([rng.integers(0, k, n * 3) for k in sizes], axis=1)
+    if unique:
+        codes = np.unique(codes, axis=0)
+        codes = codes[rng.permutation(len(codes))][:n]
+    else:
+        codes = codes[:n]
+    return codes.astype(np.int64)
+
+
+def batch_of(queries: list[list[int]]) -> EncoderBatch:
+    """Encoder inputs whose first token slots are ``queries`` (the fake's query identity)."""
+    width = max(len(q) for q in queries)
+    ids = np.zeros((len(queries), width, 3), np.int64)
+    mask = np.zeros((len(queries), width), np.int64)
+    for i, q in enumerate(queries):
+        ids[i, : len(q), 0] = q
+        mask[i, : len(q)] = 1
+    return EncoderBatch(ids, mask)
+
+
+SIZES = (6, 5, 4)
+
+
+@pytest.fixture
+def setup() -> tuple[TokenLayout, np.ndarray, SidTrie, FakeStepModel]:
+    layout = TokenLayout(SIZES, n_words=10)
+    codes = make_catalog(40, SIZES)
+    trie = SidTrie.build(codes, SIZES)
+    return layout, codes, trie, FakeStepModel(layout)
+
+
+def test_wide_beam_equals_exhaustive_search(setup: tuple) -> None:
+    layout, codes, trie, model = setup
+    search = BeamSearch(model, layout, trie, codes)
+    queries = [[5, 9, 11], [7], [3, 4, 5, 6, 7]]
+    results = search.search(
+        batch_of(queries), [SearchOptions(beam_width=len(codes), k=10)] * len(queries)
+    )
+    for q, res in zip(queries, results, strict=True):
+        exact = brute_force(model, trie, codes, tuple(q), np.arange(len(codes)))
+        expected = sorted(exact, key=lambda r: -exact[r])[:10]
+        assert res.items.tolist() == expected
+        np.testing.assert_allclose(res.scores, [exact[r] for r in expected], atol=1e-4)
+
+
+def test_scores_are_renormalised_over_valid_tokens(setup: tuple) -> None:
+    layout, codes, trie, model = setup
+    search = BeamSearch(model, layout, trie, codes)
+    res = search.search(batch_of([[1, 2]]), [SearchOptions(beam_width=len(codes), k=len(codes))])
+    # probabilities of all valid SIDs sum to 1 when every item is reached
+    assert len(res[0].items) == len(codes)
+    assert np.exp(res[0].scores.astype(np.float64)).sum() == pytest.approx(1.0, abs=1e-4)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 60),
+    beam=st.integers(1, 12),
+    k=st.integers(1, 12),
+    seed=st.integers(0, 10_000),
+)
+def test_constrained_results_are_always_valid_items(n: int, beam: int, k: int, seed: int) -> None:
+    sizes = (8, 8, 8)
+    layout = TokenLayout(sizes, n_words=4)
+    codes = make_catalog(n, sizes, seed=seed)
+    trie = SidTrie.build(codes, sizes)
+    model = FakeStepModel(layout, scale=4.0)
+    res = BeamSearch(model, layout, trie, codes).search(
+        batch_of([[seed % 97 + 1]]), [SearchOptions(beam_width=beam, k=k)]
+    )[0]
+    assert res.invalid_sids == 0
+    assert np.all((res.items >= 0) & (res.items < len(codes)))
+    assert len(set(res.items.tolist())) == len(res.items)
+    assert len(res.items) == min(k, beam, len(codes))
+    assert np.all(np.isfinite(res.scores)) and np.all(np.diff(res.scores) <= 1e-6)
+
+
+def test_unconstrained_mode_can_produce_invalid_sids() -> None:
+    sizes = (16, 16, 16)
+    layout = TokenLayout(sizes, n_words=4)
+    codes = make_catalog(30, sizes, seed=3)  # 30 of 4096 possible SIDs exist
+    trie = SidTrie.build(codes, sizes)
+    model = FakeStepModel(layout)
+    batch = batch_of([[1], [2], [3]])
+    opts = [SearchOptions(beam_width=10, k=10)] * 3
+    free = BeamSearch(model, layout, trie, codes, constrained=False).search(batch, opts)
+    bound = BeamSearch(model, layout, trie, codes).search(batch, opts)
+    assert sum(r.invalid_sids for r in free) > 0
+    assert all(r.invalid_sids == 0 and len(r.items) == 10 for r in bound)
+
+
+def test_category_filter_is_a_constraint_not_a_post_filter(setup: tuple) -> None:
+    layout, codes, trie, model = setup
+    allowed = np.arange(0, len(codes), 3)  # 14 items
+    sub = trie.subset(allowed)
+    search = BeamSearch(model, layout, trie, codes)
+    res = search.search(batch_of([[4, 2]]), [SearchOptions(beam_width=10, k=10, trie=sub)])[0]
+    assert len(res.items) == 10
+    assert set(res.items.tolist()) <= set(allowed.tolist())
+    # and it is the exact top-10 of the constrained distribution over the subset
+    full = search.search(batch_of([[4, 2]]), [SearchOptions(beam_width=40, k=40, trie=sub)])[0]
+    exact = brute_force(model, sub, codes, (4, 2), allowed)
+    assert full.items.tolist() == sorted(exact, key=lambda r: -exact[r])[:40]
+
+
+def test_exclusions_are_removed_inside_decoding(setup: tuple) -> None:
+    layout, codes, trie, model = setup
+    search = BeamSearch(model, layout, trie, codes)
+    base = search.search(batch_of([[9]]), [SearchOptions(beam_width=10, k=10)])[0]
+    exclude = base.items[:6]
+    res = search.search(batch_of([[9]]), [SearchOptions(beam_width=10, k=10, exclude=exclude)])[0]
+    assert len(res.items) == 10
+    assert not set(res.items.tolist()) & set(exclude.tolist())
+
+
+def test_excluding_a_whole_subtree_prunes_it_early() -> None:
+    sizes = (3, 4)
+    layout = TokenLayout(sizes, n_words=2)
+    codes = np.array([[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [2, 3]], np.int64)
+    trie = SidTrie.build(codes, sizes)
+    excl = excluded_nodes(trie, codes, [0, 1, 2, 5])
+    # first-level prefixes 0 and 2 hold only excluded items
+    dead_first = excl.dead[1]
+    assert set(trie.advance(0, np.zeros(3, np.int64), np.arange(3))[[0, 2]].tolist()) == set(
+        dead_first.tolist()
+    )
+    model = FakeStepModel(layout)
+    res = BeamSearch(model, layout, trie, codes).search(
+        batch_of([[1]]), [SearchOptions(beam_width=2, k=2, exclude=np.array([0, 1, 2, 5]))]
+    )[0]
+    # a beam of 2 still finds the only two allowed items
+    assert sorted(res.items.tolist()) == [3, 4]
+
+
+def test_mixed_requests_in_one_batch_match_separate_runs(setup: tuple) -> None:
+    layout, codes, trie, model = setup
+    sub = trie.subset(np.arange(20))
+    queries = [[1, 2], [3], [4, 5, 6]]
+    options = [
+        SearchOptions(beam_width=3, k=3),
+        SearchOptions(beam_width=12, k=7, trie=sub),
+        SearchOptions(beam_width=8, k=5, exclude=np.array([1, 2, 3])),
+    ]
+    search = BeamSearch(model, layout, trie, codes)
+    together = search.search(batch_of(queries), options)
+    for q, o, res in zip(queries, options, together, strict=True):
+        alone = search.search(batch_of([q]), [o])[0]
+        assert res.items.tolist() == alone.items.tolist()
+        np.testing.assert_allclose(res.scores, alone.scores, atol=1e-5)
+
+
+def test_colliding_sids_return_every_item_with_the_same_score() -> None:
+    sizes = (4, 4)
+    layout = TokenLayout(sizes, n_words=2)
+    codes = np.array([[0, 1], [0, 1], [2, 3], [1, 1]], np.int64)  # rows 0 and 1 collide
+    trie = SidTrie.build(codes, sizes)
+    res = BeamSearch(FakeStepModel(layout), layout, trie, codes).search(
+        batch_of([[3]]), [SearchOptions(beam_width=3, k=4)]
+    )[0]
+    assert sorted(res.items.tolist()) == [0, 1, 2, 3]
+    pos = {r: i for i, r in enumerate(res.items.tolist())}
+    assert res.scores[pos[0]] == res.scores[pos[1]]
+
+
+def test_beam_of_one_is_greedy(setup: tuple) -> None:
+    layout, codes, trie, model = setup
+    res = BeamSearch(model, layout, trie, codes).search(
+        batch_of([[2, 7]]), [SearchOptions(beam_width=1, k=1)]
+    )[0]
+    prefix: tuple[int, ...] = ()
+    nodes = trie.root(1)
+    for level in range(layout.depth):
+        mask = trie.next_mask(level, nodes)[0]
+        logits = model.logits_for((2, 7), prefix)[layout.level_slice(level)]
+        tok = int(np.argmax(np.where(mask, logits, -np.inf)))
+        nodes = trie.advance(level, nodes, np.array([tok]))
+        prefix = (*prefix, tok + layout.level_offsets[level])
+    assert res.items.tolist() == trie.leaf_items(nodes)[0].tolist()
+
+
+def test_encoder_runs_once_and_step_zero_uses_one_beam(setup: tuple) -> None:
+    layout, codes, trie, model = setup
+    BeamSearch(model, layout, trie, codes).search(
+        batch_of([[1], [2]]), [SearchOptions(beam_width=8, k=5)] * 2
+    )
+    assert model.calls[0] == (2, 1)  # one start hypothesis per query
+    assert all(b <= 8 for _, b in model.calls)
+    assert len(model.calls) == layout.depth
+
+
+def test_empty_filter_returns_nothing(setup: tuple) -> None:
+    layout, codes, trie, model = setup
+    empty = trie.subset(np.zeros(0, np.int64))
+    res = BeamSearch(model, layout, trie, codes).search(
+        batch_of([[1]]), [SearchOptions(beam_width=5, k=5, trie=empty)]
+    )[0]
+    assert len(res.items) == 0
+
+
+def test_bad_options_are_rejected(setup: tuple) -> None:
+    layout, codes, trie, model = setup
+    search = BeamSearch(model, layout, trie, codes)
+    with pytest.raises(InvalidInputError):
+        search.search(batch_of([[1]]), [SearchOptions(beam_width=0, k=5)])
+    with pytest.raises(InvalidInputError):
+        search.search(batch_of([[1]]), [SearchOptions(beam_width=5, k=0)])
+    with pytest.raises(InvalidInputError):
+        search.search(batch_of([[1], [2]]), [SearchOptions()])
+    with pytest.raises(InvalidInputError):
+        BeamSearch(model, TokenLayout((6, 5, 5), 10), trie, codes)
