@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-EXTRAS ?= train,dev,loadtest
+EXTRAS ?= train,dev
 export GENSEARCH_DATA_DIR ?= ../shared/data
 
 .PHONY: setup protos lint test test-fast artifacts artifacts-quick run bench clean
