@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 EXTRAS ?= train,dev
 export GENSEARCH_DATA_DIR ?= ../shared/data
 
-.PHONY: setup protos lint test test-fast artifacts artifacts-quick run bench clean
+.PHONY: setup protos lint test test-artifacts test-fast artifacts artifacts-quick run bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,15 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: setup
-	$(VENV)/bin/pytest -q -ra
+# The e2e tests serve a quick artifact build, made once here (outside pytest's
+# per-test timeout) and reused while $(TEST_ARTIFACTS)/CURRENT exists.
+TEST_ARTIFACTS ?= .cache/test-artifacts
+
+test-artifacts: setup
+	@test -f $(TEST_ARTIFACTS)/CURRENT || $(PY) -m models_export artifacts --quick --out $(TEST_ARTIFACTS)
+
+test: setup test-artifacts
+	GENSEARCH_TEST_ARTIFACT_DIR=$(TEST_ARTIFACTS) $(VENV)/bin/pytest -q -ra
 
 test-fast: setup
 	$(VENV)/bin/pytest -q -m "not slow and not integration and not e2e"

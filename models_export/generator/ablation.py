@@ -126,13 +126,26 @@ def markdown(doc: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifact", type=Path, default=None, help="version dir (tables)")
-    parser.add_argument("--run", action="append", required=True, metavar="NAME=DIR")
+    parser.add_argument("--run", action="append", default=[], metavar="NAME=DIR")
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="re-render the markdown from the existing JSON (adding --note lines)",
+    )
     parser.add_argument("--split", default="test")
     parser.add_argument("--beam", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--note", action="append", default=[])
     parser.add_argument("--out", type=Path, default=Path("docs/results/generative_quality"))
     args = parser.parse_args(argv)
+    if args.render_only:
+        saved: dict[str, Any] = json.loads(args.out.with_suffix(".json").read_text())
+        saved["notes"] = list(saved.get("notes", [])) + list(args.note)
+        args.out.with_suffix(".json").write_text(json.dumps(saved, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(markdown(saved))
+        return 0
+    if not args.run:
+        parser.error("at least one --run NAME=DIR is required")
     root = artifact_root()
     version_dir = args.artifact or root / (root / "CURRENT").read_text().strip()
     runs = []

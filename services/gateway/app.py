@@ -13,8 +13,10 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Path as FastApiPath
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -42,7 +44,6 @@ from services.gateway.store import FeatureStore, InMemoryStore, RedisStore
 
 log = logging.getLogger(__name__)
 _RID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
-_ID = re.compile(ID_PATTERN)
 
 
 class ApiError(Exception):
@@ -258,12 +259,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         response_model=ItemResponse,
         response_model_exclude_none=True,
         dependencies=[Depends(access_control)],
-        responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+        responses={404: {"model": ErrorResponse}},
         summary="One catalog item",
     )
-    async def get_item(item_id: str) -> ItemResponse:
-        if not _ID.match(item_id):
-            raise ApiError(422, f"item id must match {ID_PATTERN}")
+    async def get_item(
+        item_id: Annotated[str, FastApiPath(pattern=ID_PATTERN, description="Catalog item id")],
+    ) -> ItemResponse:
         if not readiness.ready:
             raise ApiError(503, f"not ready: {readiness.reason}", {"Retry-After": "1"})
         c = parts()
