@@ -96,6 +96,8 @@ def main() -> int:
 
     version = ensure_artifacts(args.full)
     env = {**DEFAULTS, **os.environ, "PYTHONUNBUFFERED": "1"}
+    # The Procfile says ``python``: make it this interpreter (the project's venv).
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     base = f"http://127.0.0.1:{env['GENSEARCH_GATEWAY_PORT']}"
     print(f"[stack] starting services from {PROCFILE.relative_to(ROOT)} on artifact {version}")
     honcho = [sys.executable, "-m", "honcho", "-f", str(PROCFILE), "-d", str(ROOT), "start"]
