@@ -1,18 +1,21 @@
-"""JSON and Markdown outputs of an evaluation run (every output says the queries are derived)."""
+"""JSON and Markdown outputs of an evaluation run (every output says the queries are derived).
+
+The Markdown is rendered from the JSON document alone, so it can be re-rendered from a saved
+result (:func:`render_file`) without re-running the evaluation.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from models_export.evaluation.harness import DERIVED_NOTE, ResultRow
+from models_export.evaluation.harness import DERIVED_NOTE
 from models_export.evaluation.metrics import METRIC_NAMES
 from models_export.evaluation.suite import SuiteRun
 
-_SHORT = {"recall": "R", "ndcg": "NDCG"}
 KEEP_MARKER = "<!-- hand-written notes below are kept when this file is regenerated -->"
 # Independent reference run quoted in the issue (test split): (mode, query kind, method) ->
 # (Recall@10, NDCG@10 or None where not quoted).
@@ -26,8 +29,6 @@ REFERENCE_TEST: dict[tuple[str, str | None, str], tuple[float, float | None]] = 
 
 
 def _machine() -> str:
-    import os
-
     return (
         f"{platform.machine()} {os.cpu_count()} CPU cores, {platform.python_implementation()} "
         f"{platform.python_version()}"
@@ -52,96 +53,129 @@ def results_dict(run: SuiteRun, command: str, title: str = "Baselines") -> dict[
     }
 
 
-def _header() -> str:
-    cols = [f"{_SHORT[m.split('@')[0]]}@{m.split('@')[1]}" for m in METRIC_NAMES]
-    return (
-        "| Mode | Queries | Method | "
-        + " | ".join(cols)
-        + " |\n"
-        + "|"
-        + "---|" * (3 + len(cols))
-        + "\n"
-    )
+def _short(metric: str) -> str:
+    name, k = metric.split("@")
+    return f"{'R' if name == 'recall' else 'NDCG'}@{k}"
 
 
-def _row(r: ResultRow) -> str:
-    kind = f"{r.query_kind} (derived)" if r.query_kind else "—"
-    if r.metrics is None:
-        cells = ["n/a"] * len(METRIC_NAMES)
-    else:
-        cells = [f"{r.metrics[m]:.4f}" for m in METRIC_NAMES]
-    return f"| {r.mode} | {kind} | {r.method} | " + " | ".join(cells) + " |\n"
+def _block(row: dict[str, Any]) -> str:
+    kind = row["query_kind"]
+    return f"{row['mode']} / {kind} (derived)" if kind else str(row["mode"])
 
 
-def table(rows: Sequence[ResultRow], split: str) -> str:
-    """Markdown table of one split."""
-    return _header() + "".join(_row(r) for r in rows if r.split == split)
-
-
-def markdown(run: SuiteRun, command: str, title: str = "Baselines") -> str:
-    """The Markdown report of one run."""
-    proto = run.protocol()
-    n_by = {(r.split, r.mode, r.query_kind): r.n for r in run.rows}
-    lines = [
-        f"# {title}\n",
-        f"**{DERIVED_NOTE}** Real-query relevance is not measured here.\n",
-        f"Produced by:\n\n```\n{command}\n```\n",
-        f"Machine: {_machine()}. Artifact version: `{run.source}`. "
-        f"Total time: {run.total_seconds:.0f} s.\n",
-        "## Protocol\n",
+def _overview(rows: list[dict[str, Any]], split: str) -> str:
+    """Blocks x methods, R@10 / NDCG@10 per cell, n/a where the mode does not apply."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    blocks = list(dict.fromkeys(_block(r) for r in rows if r["split"] == split))
+    cell = {(_block(r), r["method"]): r for r in rows if r["split"] == split}
+    out = [
+        "| Mode / queries | n | " + " | ".join(methods) + " |",
+        "|---|---|" + "---|" * len(methods),
     ]
-    lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in proto.items() if k != "note"]
-    lines.append(
-        "- n/a: the method does not use the inputs of that mode "
-        "(e.g. BM25 ignores history, so it has no search+history row of its own).\n"
-    )
-    for split in run.config.get("splits", ["valid", "test"]):
-        counts = ", ".join(f"{m}/{k or '-'}: {n}" for (s, m, k), n in n_by.items() if s == split)
-        lines.append(f"## {split}\n\nQueries per block: {counts}.\n")
-        lines.append(table(run.rows, split))
-    lines.append(reference_table(run.rows))
-    lines.append("## Settings chosen on validation\n")
-    for name, choice in run.choices.items():
-        if name == "sasrec":
-            tr = choice["training"]
-            lines.append(
-                f"- sasrec: best epoch {tr['best_epoch']} of {tr['epochs_run']} "
-                f"({tr['stopped_by']}), valid R@10 {tr['best_valid'].get('recall@10', 0):.4f} / "
-                f"NDCG@10 {tr['best_valid'].get('ndcg@10', 0):.4f}, trained in "
-                f"{tr['seconds']:.0f} s; config {json.dumps(choice['config'])}"
-            )
-        else:
-            lines.append(f"- {name}: {choice['chosen']} (valid {json.dumps(choice)})")
-    lines.append(
-        "\nBuild/training seconds per method: "
-        + ", ".join(f"{k} {v:.1f}" for k, v in run.build_seconds.items())
-        + ".\n"
-    )
-    return "\n".join(lines)
+    for b in blocks:
+        n = next(r["n"] for (bb, _), r in cell.items() if bb == b)
+        vals = []
+        for m in methods:
+            r = cell.get((b, m))
+            met = r["metrics"] if r else None
+            vals.append("n/a" if met is None else f"{met['recall@10']:.4f} / {met['ndcg@10']:.4f}")
+        out.append(f"| {b} | {n} | " + " | ".join(vals) + " |")
+    return "\n".join(out) + "\n"
 
 
-def reference_table(rows: Sequence[ResultRow]) -> str:
+def _full(rows: list[dict[str, Any]], split: str) -> str:
+    """Every metric of the evaluated (split, block, method) rows."""
+    out = [
+        "| Mode / queries | Method | " + " | ".join(_short(m) for m in METRIC_NAMES) + " |",
+        "|---|---|" + "---|" * len(METRIC_NAMES),
+    ]
+    for r in rows:
+        if r["split"] == split and r["metrics"] is not None:
+            vals = " | ".join(f"{r['metrics'][m]:.4f}" for m in METRIC_NAMES)
+            out.append(f"| {_block(r)} | {r['method']} | {vals} |")
+    return "\n".join(out) + "\n"
+
+
+def reference_table(rows: list[dict[str, Any]]) -> str:
     """Our test figures next to the independent reference run quoted in the issue."""
     ours = {
-        (r.mode, r.query_kind, r.method): r.metrics
+        (r["mode"], r["query_kind"], r["method"]): r["metrics"]
         for r in rows
-        if r.split == "test" and r.metrics is not None
+        if r["split"] == "test" and r["metrics"] is not None
     }
     out = [
-        "## Test split against the reference run\n",
-        "| Mode | Queries | Method | R@10 ours | R@10 ref | NDCG@10 ours | NDCG@10 ref |",
-        "|---|---|---|---|---|---|---|",
+        "| Mode / queries | Method | R@10 ours | R@10 ref | NDCG@10 ours | NDCG@10 ref |",
+        "|---|---|---|---|---|---|",
     ]
     for (mode, kind, method), (r10, n10) in REFERENCE_TEST.items():
         m = ours.get((mode, kind, method))
         if m is None:
             continue
         ref_n = "—" if n10 is None else f"{n10:.3f}"
+        block = f"{mode} / {kind}" if kind else mode
         out.append(
-            f"| {mode} | {kind or '—'} | {method} | {m['recall@10']:.3f} | {r10:.3f} | "
+            f"| {block} | {method} | {m['recall@10']:.3f} | {r10:.3f} | "
             f"{m['ndcg@10']:.3f} | {ref_n} |"
         )
     return "\n".join(out) + "\n"
+
+
+def _choices(doc: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, choice in doc["choices_on_valid"].items():
+        if name == "sasrec":
+            tr = choice["training"]
+            lines.append(
+                f"- sasrec: best epoch {tr['best_epoch']} of {tr['epochs_run']} "
+                f"({tr['stopped_by']}), valid R@10 {tr['best_valid'].get('recall@10', 0):.4f} / "
+                f"NDCG@10 {tr['best_valid'].get('ndcg@10', 0):.4f}, trained in "
+                f"{tr['seconds']:.0f} s; config `{json.dumps(choice['config'])}`"
+            )
+        else:
+            grid = ", ".join(f"{k}: {v:.4f}" for k, v in choice["valid_ndcg@10"].items())
+            lines.append(f"- {name} = **{choice['chosen']}** (valid NDCG@10 — {grid})")
+    return lines
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The Markdown report of one run, from its JSON document."""
+    rows: list[dict[str, Any]] = doc["results"]
+    lines = [
+        f"# {doc['title']}\n",
+        f"**{DERIVED_NOTE}** Relevance on real queries is not measured here.\n",
+        f"Produced by:\n\n```\n{doc['command']}\n```\n",
+        f"Machine: {doc['machine']}. Artifact version: `{doc['artifact_version']}`. "
+        f"Total time: {doc['total_seconds']:.0f} s.\n",
+        "## Protocol\n",
+    ]
+    lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in doc["protocol"].items() if k != "note"]
+    lines.append(
+        "- n/a: the method does not use the inputs of that mode (BM25 and dense read "
+        "no history, so they have no search+history cell; history-only methods have "
+        "no search cell; popularity reads neither).\n"
+    )
+    for split in doc["config"].get("splits", ["valid", "test"]):
+        lines.append(f"## {split}: Recall@10 / NDCG@10\n")
+        lines.append(_overview(rows, split))
+        lines.append(f"### {split}: all metrics\n")
+        lines.append(_full(rows, split))
+    lines.append("## Test split against the reference run quoted in the issue\n")
+    lines.append(reference_table(rows))
+    lines.append("## Settings chosen on validation\n")
+    lines += _choices(doc)
+    lines.append(
+        "\nBuild/training seconds per method: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in doc["build_seconds"].items())
+        + ".\n"
+    )
+    return "\n".join(lines)
+
+
+def _write_markdown(doc: dict[str, Any], mpath: Path) -> None:
+    kept = ""
+    if mpath.is_file() and KEEP_MARKER in (old := mpath.read_text()):
+        kept = old.split(KEEP_MARKER, 1)[1]
+    mpath.write_text(markdown(doc) + "\n" + KEEP_MARKER + kept)
 
 
 def write_outputs(
@@ -150,12 +184,17 @@ def write_outputs(
     """Write ``<out_dir>/<name>.json`` and ``<out_dir>/<name>.md``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     jpath, mpath = out_dir / f"{name}.json", out_dir / f"{name}.md"
-    jpath.write_text(json.dumps(results_dict(run, command, title), indent=2) + "\n")
-    kept = ""
-    if mpath.is_file() and KEEP_MARKER in (old := mpath.read_text()):
-        kept = old.split(KEEP_MARKER, 1)[1]
-    mpath.write_text(markdown(run, command, title) + "\n" + KEEP_MARKER + kept)
+    doc = results_dict(run, command, title)
+    jpath.write_text(json.dumps(doc, indent=2) + "\n")
+    _write_markdown(doc, mpath)
     return jpath, mpath
+
+
+def render_file(json_path: Path) -> Path:
+    """Re-render ``<name>.md`` next to a saved ``<name>.json`` (keeps hand-written notes)."""
+    mpath = json_path.with_suffix(".md")
+    _write_markdown(json.loads(json_path.read_text()), mpath)
+    return mpath
 
 
 def summary_line(run: SuiteRun, split: str = "test") -> str:

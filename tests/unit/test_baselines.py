@@ -265,7 +265,7 @@ def test_evaluate_command_writes_json_and_markdown(tmp_path: Path) -> None:
     assert methods == {"popularity", "bm25"}
     md = (out / "b.md").read_text()
     assert "DERIVED" in md and "n/a" in md and "python -m models_export" in md
-    assert "| search | title (derived) | bm25 | 1.0000 |" in md
+    assert "| search / title (derived) | bm25 | 1.0000 |" in md
     # Hand-written notes under the marker survive a regeneration.
     (out / "b.md").write_text(md + "\nMy analysis.\n")
     assert (
