@@ -78,14 +78,21 @@ class SearchResult:
 
 @dataclass(slots=True)
 class StepTimes:
-    """Seconds spent in the model vs. in the search itself, accumulated over calls."""
+    """Seconds spent in the model, in trie lookups (masks + node steps during decoding)
+    and in the whole search, accumulated over calls."""
 
     model: float = 0.0
+    trie: float = 0.0
     total: float = 0.0
     calls: int = 0
 
     def search_overhead(self) -> float:
+        """(search time outside the model) / model time."""
         return (self.total - self.model) / self.model if self.model > 0 else float("nan")
+
+    def trie_share(self) -> float:
+        """Trie lookups / model time: the direct cost of the constraint."""
+        return self.trie / self.model if self.model > 0 else float("nan")
 
 
 @dataclass(slots=True)
@@ -318,13 +325,45 @@ class BeamSearch:
             allowed[q, b[hit], tok[hit]] = False
         return allowed
 
+    def _last_step(
+        self,
+        tokens: IntArray,
+        past: FloatArray,
+        cross: FloatArray,
+        batch: EncoderBatch,
+        allowed: npt.NDArray[np.bool_],
+    ) -> tuple[FloatArray, float]:
+        """Logits of the final level, computed only for beams with more than one valid
+        token (the rest get zeros, which their single-token log-softmax ignores), and the
+        seconds spent in the model."""
+        q_count, width = tokens.shape
+        choice = allowed.sum(axis=-1) > 1
+        n_run = int(choice.sum(axis=1).max()) if choice.size else 0
+        vocab = self.layout.decoder_vocab_size
+        if n_run == 0:
+            return np.zeros((q_count, width, vocab), dtype=np.float32), 0.0
+        if n_run == width:
+            t0 = time.perf_counter()
+            logits, _ = self.model.step(tokens, past, cross, batch.attention_mask)
+            return logits, time.perf_counter() - t0
+        # rows with a choice first, per query (stable: keeps beam order)
+        order = np.argsort(~choice, axis=1, kind="stable")[:, :n_run]
+        run_tokens = np.take_along_axis(tokens, order, axis=1)
+        run_past = _reorder_cache(past, order)
+        t0 = time.perf_counter()
+        run_logits, _ = self.model.step(run_tokens, run_past, cross, batch.attention_mask)
+        seconds = time.perf_counter() - t0
+        logits = np.zeros((q_count, width, vocab), dtype=np.float32)
+        logits[np.arange(q_count)[:, None], order] = run_logits
+        return logits, seconds
+
     # ------------------------------------------------------------------ search
 
     def search(self, batch: EncoderBatch, options: Sequence[SearchOptions]) -> list[SearchResult]:
         """Decode every query of ``batch`` with its own options; one result per query."""
         self._check(batch, options)
         t_start = time.perf_counter()
-        model_s = 0.0
+        model_s = trie_s = 0.0
         layout = self.layout
         q_count = len(options)
         if q_count == 0:
@@ -350,16 +389,28 @@ class BeamSearch:
         scores = np.zeros((q_count, 1), dtype=np.float32)
         nodes = np.zeros((q_count, 1), dtype=np.int64)  # root
         codes = np.zeros((q_count, 1, 0), dtype=np.int64)
+        last = layout.depth - 1
         for level in range(layout.depth):
-            t0 = time.perf_counter()
-            logits, new_kv = self.model.step(tokens, past, cross, batch.attention_mask)
-            model_s += time.perf_counter() - t0
             if self.constrained:
+                t0 = time.perf_counter()
                 allowed = self._allowed(level, nodes, groups, exclusions)
+                trie_s += time.perf_counter() - t0
+                if level == last and level > 0:
+                    # a beam with one valid last token scores log 1 = 0 for it whatever the
+                    # logits: the decoder runs only for beams that still have a choice
+                    logits, step_s = self._last_step(tokens, past, cross, batch, allowed)
+                    model_s += step_s
+                else:
+                    t0 = time.perf_counter()
+                    logits, new_kv = self.model.step(tokens, past, cross, batch.attention_mask)
+                    model_s += time.perf_counter() - t0
                 top_scores, parent, token = _expand_sparse(
                     logits, offsets[level], allowed, scores, widths, b_max
                 )
             else:
+                t0 = time.perf_counter()
+                logits, new_kv = self.model.step(tokens, past, cross, batch.attention_mask)
+                model_s += time.perf_counter() - t0
                 top_scores, parent, token = _expand_dense(
                     logits[:, :, layout.level_slice(level)], scores, widths, b_max
                 )
@@ -370,6 +421,7 @@ class BeamSearch:
                 ]
             live = np.isfinite(top_scores)
             if self.constrained:
+                t0 = time.perf_counter()
                 parent_nodes = np.where(live, nodes[q_index, parent], -1)
                 if len(groups) == 1:
                     nodes = (
@@ -383,6 +435,7 @@ class BeamSearch:
                         nodes[qs] = trie.advance(
                             level, parent_nodes[qs].reshape(-1), token[qs].reshape(-1)
                         ).reshape(len(qs), width)
+                trie_s += time.perf_counter() - t0
             if not self.constrained:  # constrained beams are tracked by their trie nodes
                 codes = np.concatenate([codes[q_index, parent], token[:, :, None]], axis=2)
             scores = top_scores
@@ -391,6 +444,7 @@ class BeamSearch:
                 tokens = np.where(live, token + offsets[level], PAD_ID)
         results = self._finish(codes, scores, nodes, options, exclusions, groups)
         self.times.model += model_s
+        self.times.trie += trie_s
         self.times.total += time.perf_counter() - t_start
         self.times.calls += 1
         return results

@@ -294,3 +294,29 @@ def test_bad_options_are_rejected(setup: tuple) -> None:
         search.search(batch_of([[1], [2]]), [SearchOptions()])
     with pytest.raises(InvalidInputError):
         BeamSearch(model, TokenLayout((6, 5, 5), 10), trie, codes)
+
+
+def test_last_level_runs_the_decoder_only_for_beams_with_a_choice() -> None:
+    sizes = (4, 4, 4)
+    layout = TokenLayout(sizes, n_words=2)
+    # every 2-token prefix has exactly one last token: the last step is never needed
+    codes = np.array([[a, b, (a + b) % 4] for a in range(4) for b in range(3)], np.int64)
+    trie = SidTrie.build(codes, sizes)
+    model = FakeStepModel(layout)
+    res = BeamSearch(model, layout, trie, codes).search(
+        batch_of([[7]]), [SearchOptions(beam_width=len(codes), k=len(codes))]
+    )[0]
+    assert len(model.calls) == layout.depth - 1
+    exact = brute_force(model, trie, codes, (7,), np.arange(len(codes)))
+    assert res.items.tolist() == sorted(exact, key=lambda r: -exact[r])
+    # one prefix with two last tokens: only that beam is decoded at the last level
+    codes2 = np.vstack([codes, [[0, 0, 3]]])
+    trie2 = SidTrie.build(codes2, sizes)
+    model2 = FakeStepModel(layout)
+    res2 = BeamSearch(model2, layout, trie2, codes2).search(
+        batch_of([[7]]), [SearchOptions(beam_width=len(codes2), k=len(codes2))]
+    )[0]
+    assert model2.calls[-1] == (1, 1)
+    exact2 = brute_force(model2, trie2, codes2, (7,), np.arange(len(codes2)))
+    assert res2.items.tolist() == sorted(exact2, key=lambda r: -exact2[r])
+    np.testing.assert_allclose(res2.scores, sorted(exact2.values(), reverse=True), atol=1e-4)
