@@ -128,7 +128,7 @@ def start_stack(
     ready_timeout: float = 180.0,
 ) -> Stack:
     """Start retrieval and gateway; return once the gateway's ``/readyz`` is 200."""
-    rport, mport, gport = free_port(), free_port(), free_port()
+    rport, gport = free_port(), free_port()
     common = {"GENSEARCH_ARTIFACT_DIR": str(artifact_root)}
     retrieval = stack.enter_context(
         running_process(
@@ -136,7 +136,7 @@ def start_stack(
             {
                 **common,
                 "GENSEARCH_RETRIEVAL_PORT": str(rport),
-                "GENSEARCH_RETRIEVAL_METRICS_PORT": str(mport),
+                "GENSEARCH_RETRIEVAL_METRICS_PORT": str(free_port()),
                 "GENSEARCH_RETRIEVAL_GRACE_SECONDS": "1",
                 **(retrieval_env or {}),
             },
@@ -171,3 +171,46 @@ def start_stack(
 
     wait_for(ready, ready_timeout, "gateway ready")
     return s
+
+
+@dataclass
+class RetrievalProcess:
+    """A running retrieval service."""
+
+    port: int
+    metrics_port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+def start_retrieval(
+    stack: ExitStack,
+    artifact_root: Path,
+    logs: Path,
+    env: Mapping[str, str] | None = None,
+    ready_timeout: float = 180.0,
+) -> RetrievalProcess:
+    """Start ``python -m services.retrieval`` alone; return once its health is SERVING."""
+    port, metrics_port = free_port(), free_port()
+    log = logs / "retrieval.log"
+    proc = stack.enter_context(
+        running_process(
+            ["-m", "services.retrieval"],
+            {
+                "GENSEARCH_ARTIFACT_DIR": str(artifact_root),
+                "GENSEARCH_RETRIEVAL_PORT": str(port),
+                "GENSEARCH_RETRIEVAL_METRICS_PORT": str(metrics_port),
+                "GENSEARCH_RETRIEVAL_GRACE_SECONDS": "1",
+                **(env or {}),
+            },
+            log,
+        )
+    )
+
+    def serving() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"retrieval exited early; see {log}")
+        return health(port) == "SERVING"
+
+    wait_for(serving, ready_timeout, "retrieval SERVING")
+    return RetrievalProcess(port, metrics_port, proc, log)

@@ -31,11 +31,13 @@ INDEX_FILE = "Scientific.index.json"
 # name -> config; the first one is the pipeline default, the others are the ablation.
 CONFIGS: dict[str, semantic_ids.SidConfig] = {
     "default": semantic_ids.SidConfig(),
+    "published vocabulary size (4x256)": semantic_ids.SidConfig(rq_levels=(256, 256)),
     "text only, nearest centroid": semantic_ids.SidConfig(capacity_slack=0.0, collab_weight=0.0),
     "text only, balanced": semantic_ids.SidConfig(collab_weight=0.0),
     "balanced + collab 0.5": semantic_ids.SidConfig(collab_weight=0.5),
-    "small codebooks": semantic_ids.SidConfig(rq_levels=(64, 64), opq_bits=6),
-    "5 tokens": semantic_ids.SidConfig(opq_subspaces=3),
+    "RQ 512-256": semantic_ids.SidConfig(rq_levels=(512, 256)),
+    "RQ 2048-256": semantic_ids.SidConfig(rq_levels=(2048, 256)),
+    "5 tokens": semantic_ids.SidConfig(rq_levels=(1024, 512, 256)),
     "residual k-means only (ours)": semantic_ids.SidConfig(
         rq_levels=(256, 256, 256, 256), opq_subspaces=0, capacity_slack=0.0, collab_weight=0.0
     ),

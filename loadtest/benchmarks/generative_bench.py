@@ -27,6 +27,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -35,21 +36,26 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 import torch
 from tqdm import tqdm
 from transformers import T5ForConditionalGeneration
 
+from loadtest.benchmarks.workload import load_workload, retrieve_call, run_level
+from loadtest.local_stack import start_retrieval
 from models_export.evaluation.data import EvalData, load_from_dir
 from models_export.generator.export_onnx import export_onnx
 from models_export.generator.model import PRESETS, build_model, embed_positions, parameter_count
 from models_export.generator.retriever import GENERATOR_DIR
 from services.common.config import artifact_root
+from services.common.generated.gensearch.retrieval.v1 import retrieval_pb2_grpc
 from services.retrieval.beam_search import BeamSearch, SearchOptions, StepTimes
 from services.retrieval.encoding import PAD_ID, EncoderBatch, InputEncoder, TokenLayout
 from services.retrieval.onnx_generator import OnnxStepModel
@@ -418,6 +424,43 @@ def bench_subject(
 # --------------------------------------------------------------------------- report
 
 
+def grpc_latency(
+    version_dir: Path, n: int, levels: Sequence[int], delays_ms: Sequence[float]
+) -> list[dict[str, Any]]:
+    """``Retrieve`` over gRPC against the real service on ``version_dir``, per batcher delay.
+
+    The service runs with its defaults (ONNX Runtime on 1 intra-op thread, beam 20,
+    k 10); the client is one asyncio process on the same machine.
+    """
+    work = load_workload(version_dir.parent, n, version_dir.name)
+    rows: list[dict[str, Any]] = []
+    for delay in delays_ms:
+        env = {
+            "GENSEARCH_RETRIEVAL_ARTIFACT_VERSION": version_dir.name,
+            "GENSEARCH_RETRIEVAL_MAX_QUEUE_DELAY_MS": str(delay),
+        }
+        with ExitStack() as stack, tempfile.TemporaryDirectory() as logs:
+            served = start_retrieval(stack, version_dir.parent, Path(logs), env)
+
+            async def measure(port: int = served.port, delay: float = delay) -> None:
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                    call = retrieve_call(retrieval_pb2_grpc.RetrievalServiceStub(channel), 5.0)
+                    for item in work[:20]:
+                        await call(item)
+                    for level in levels:
+                        stats = await run_level(call, work, level)
+                        rows.append({"queue_delay_ms": delay, "concurrency": level, **stats})
+                        print(
+                            f"gRPC Retrieve delay={delay:g} ms c={level}: "
+                            f"p50 {stats['p50_ms']:.2f} ms p99 {stats['p99_ms']:.2f} ms "
+                            f"{stats['rps']:.0f} req/s errors {int(stats['errors'])}",
+                            flush=True,
+                        )
+
+            asyncio.run(measure())
+    return rows
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# Generative retrieval: HF `generate` vs our ONNX Runtime constrained beam search",
@@ -467,6 +510,21 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {r['model']} | {t['batch']} | {t['ours_qps']:.0f} | {t['hf_qps']:.1f} |"
             )
+    if results.get("grpc"):
+        lines += [
+            "",
+            "gRPC `Retrieve` against the running service (served model, its defaults: beam 20, "
+            "k 10, ONNX Runtime 1 intra-op thread, dynamic batcher max batch 16), closed loop "
+            "from one asyncio client on the same machine:",
+            "",
+            "| batcher max queue delay | concurrency | p50 ms | p99 ms | req/s | errors |",
+            "|---|---|---|---|---|---|",
+        ]
+        for g in results["grpc"]:
+            lines.append(
+                f"| {g['queue_delay_ms']:g} ms | {g['concurrency']} | {g['p50_ms']:.2f} | "
+                f"{g['p99_ms']:.2f} | {g['rps']:.0f} | {int(g['errors'])} |"
+            )
     lines += ["", "Notes:", ""] + [f"- {n}" for n in results["notes"]] + [""]
     return "\n".join(lines)
 
@@ -511,6 +569,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="let ORT worker threads spin (faster only on an otherwise idle machine)",
     )
+    parser.add_argument(
+        "--grpc-requests", type=int, default=300, help="gRPC Retrieve calls per level (0 = skip)"
+    )
+    parser.add_argument("--grpc-concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--grpc-queue-delays-ms", type=float, nargs="+", default=[0.0, 2.0])
     parser.add_argument("--out", type=Path, default=Path("docs/results/generative_benchmark"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -572,6 +635,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for s in subjects:
         results["models"].append(
             bench_subject(s, parity_qs, lat_sets, args.beam, args.batches, args.latency_queries)
+        )
+    if args.grpc_requests > 0:
+        results["grpc"] = grpc_latency(
+            version_dir, args.grpc_requests, args.grpc_concurrency, args.grpc_queue_delays_ms
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")

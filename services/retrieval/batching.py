@@ -1,9 +1,10 @@
 """Dynamic batching of concurrent requests, as Triton's dynamic batcher does.
 
 Requests queue up; a batch is cut when it reaches ``max_batch_size`` or when
-the oldest request has waited ``max_queue_delay`` seconds, and is processed by
-one worker thread (the model's intra-op threads do the parallel work; several
-batches in flight on 2 cores would only thrash). Requests are grouped by a key
+the oldest request has waited ``max_queue_delay`` seconds (with 0, whatever is
+queued when the worker becomes free), and is processed by one worker thread
+(the model's intra-op threads do the parallel work; several batches in flight
+on 2 cores would only thrash). Requests are grouped by a key
 (e.g. beam width) because one array program decodes one shape.
 """
 
@@ -122,4 +123,5 @@ class DynamicBatcher(Generic[T, R]):
             p = self._queue.get_nowait()
             if not p.future.done():
                 p.future.set_exception(NotReadyError("service is shutting down"))
-        self._executor.shutdown(wait=True)
+        # Wait for a batch still decoding without blocking the event loop.
+        await asyncio.to_thread(self._executor.shutdown, wait=True)

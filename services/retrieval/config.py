@@ -18,7 +18,10 @@ class RetrievalSettings(ServiceSettings):
     max_k: int = Field(200, ge=1)
     history_len: int = Field(20, ge=0, le=50, description="most recent items fed to the encoder")
     max_batch_size: int = Field(16, ge=1, le=256, description="dynamic batcher: max requests")
-    max_queue_delay_ms: float = Field(2.0, ge=0, description="dynamic batcher: max wait")
+    # 0 = greedy batching: a request that finds the decoder idle runs at once, and the
+    # requests that arrive while a batch decodes form the next batch. A positive delay
+    # only adds latency on this one-worker design (see docs/results/generative_benchmark.md).
+    max_queue_delay_ms: float = Field(0.0, ge=0, description="dynamic batcher: max wait")
     ann_fill: bool = Field(True, description="fill from the ANN index when decoding is short")
     # Fraction of the remaining budget decoding may plan to use (the rest is queueing,
     # ANN fill and the reply).
