@@ -22,10 +22,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
-import httpx
 
-from loadtest.benchmarks.workload import load_workload, retrieve_call, run_level
+from loadtest.benchmarks.workload import load_workload, retrieve_call, run_rounds
 from loadtest.local_stack import REPO_ROOT, start_stack
 from services.common.artifacts import ArtifactRepository
 from services.common.config import artifact_root
@@ -37,33 +37,39 @@ TIMEOUT_MS = 2000
 
 async def bench(base: str, rport: int, work: list[Any], levels: list[int]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=10) as http:
+    # aiohttp (C HTTP parser): with httpx the client itself cost more than the gateway's
+    # trivial routes and saturated a core at concurrency 32.
+    connector = aiohttp.TCPConnector(limit=64)
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(base, connector=connector, timeout=timeout) as http:
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{rport}")
         stub = retrieval_pb2_grpc.RetrievalServiceStub(channel)
 
         async def via_gateway(item: tuple[str, str, list[str]]) -> bool:
             query, user, _ = item
             body = {"query": query, "user_id": user, "k": 10, "timeout_ms": TIMEOUT_MS}
-            reply = await http.post("/v1/search", json=body)
-            return reply.status_code == 200 and not reply.json()["degraded"]
+            async with http.post("/v1/search", json=body) as reply:
+                payload = await reply.json()
+                return reply.status == 200 and not payload["degraded"]
 
         direct = retrieve_call(stub, TIMEOUT_MS / 1000)
 
         async def floor(_item: object) -> bool:
             # The HTTP floor: this client + uvicorn + FastAPI routing for a trivial route.
-            return (await http.get("/healthz")).status_code == 200
+            async with http.get("/healthz") as reply:
+                await reply.read()
+                return reply.status == 200
 
         for warm in work[:20]:  # warm both paths
             await via_gateway(warm)
             await direct(warm)
+        targets = (
+            ("retrieval (gRPC, direct)", direct),
+            ("gateway /v1/search", via_gateway),
+            ("HTTP floor: GET /healthz", floor),
+        )
         for level in levels:
-            for name, call in (
-                ("retrieval (gRPC, direct)", direct),
-                ("gateway /v1/search", via_gateway),
-                ("HTTP floor: GET /healthz", floor),
-            ):
-                stats = await run_level(call, work, level)
+            for name, stats in (await run_rounds(targets, work, level)).items():
                 rows.append({"target": name, "concurrency": level, **stats})
                 print(
                     f"{name:26s} c={level:<3d} rps={stats['rps']:7.1f} "
@@ -85,7 +91,9 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace, version:
         f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}), all processes (client, "
         f"gateway, retrieval) on the same machine. Artifact `{version}`. Queries: DERIVED "
         "category-path queries (Ai et al. 2017) of the test split with each user's real "
-        "history; result cache off, k=10, default beam.",
+        "history; result cache off, k=10, default beam. Each level runs the targets in 4 "
+        "interleaved rounds (order rotated) so that load drift hits all alike. Client: one "
+        "asyncio process (aiohttp for HTTP, grpc.aio for gRPC).",
         "",
         "| target | concurrency | req/s | p50 ms | p99 ms | errors |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",

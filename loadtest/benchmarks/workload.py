@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +45,13 @@ def summarise(latencies: list[float], errors: int, wall: float) -> dict[str, flo
     }
 
 
-async def run_level(
-    call: Callable[[Any], Awaitable[bool]], work: list[Any], concurrency: int
-) -> dict[str, float]:
-    """Closed loop: ``concurrency`` workers share ``work``; latency of each successful call."""
+Call = Callable[[Any], Awaitable[bool]]
+
+
+async def _closed_loop(
+    call: Call, work: Sequence[Any], concurrency: int
+) -> tuple[list[float], int, float]:
+    """``concurrency`` workers share ``work``: (latencies of successes, errors, wall seconds)."""
     latencies: list[float] = []
     errors = 0
     queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -68,7 +71,30 @@ async def run_level(
 
     wall = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return summarise(latencies, errors, time.perf_counter() - wall)
+    return latencies, errors, time.perf_counter() - wall
+
+
+async def run_level(call: Call, work: Sequence[Any], concurrency: int) -> dict[str, float]:
+    """Closed loop: ``concurrency`` workers share ``work``; latency of each successful call."""
+    return summarise(*await _closed_loop(call, work, concurrency))
+
+
+async def run_rounds(
+    calls: Sequence[tuple[str, Call]], work: Sequence[Any], concurrency: int, rounds: int = 4
+) -> dict[str, dict[str, float]]:
+    """Compare ``calls`` fairly on a noisy machine: ``work`` is cut into ``rounds`` slices
+    and each slice runs every call in turn (order rotated per round), so that drift in the
+    machine's load hits all of them alike. Statistics pool the rounds."""
+    pooled: dict[str, tuple[list[float], int, float]] = {name: ([], 0, 0.0) for name, _ in calls}
+    size = max(1, len(work) // rounds)
+    for r in range(rounds):
+        chunk = work[r * size : (r + 1) * size]
+        order = list(calls[r % len(calls) :]) + list(calls[: r % len(calls)])
+        for name, call in order:
+            lat, err, wall = await _closed_loop(call, chunk, concurrency)
+            prev = pooled[name]
+            pooled[name] = (prev[0] + lat, prev[1] + err, prev[2] + wall)
+    return {name: summarise(*pooled[name]) for name, _ in calls}
 
 
 def retrieve_call(

@@ -32,7 +32,7 @@ from services.gateway.breaker import CircuitBreaker
 from services.gateway.config import GatewaySettings
 from services.gateway.downstream import Downstream, StageFailedError
 from services.gateway.materialize import materialize
-from services.gateway.metrics import HTTP_LATENCY, HTTP_REQUESTS, RATE_LIMITED
+from services.gateway.metrics import RATE_LIMITED, http_latency, http_requests
 from services.gateway.schemas import (
     ID_PATTERN,
     ErrorResponse,
@@ -94,8 +94,8 @@ class ObserveMiddleware:
             request_id_var.reset(token)
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
-            HTTP_REQUESTS.labels(path, str(status)).inc()
-            HTTP_LATENCY.labels(path).observe(time.perf_counter() - start)
+            http_requests(path, str(status)).inc()
+            http_latency(path).observe(time.perf_counter() - start)
 
 
 @dataclass(slots=True)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +17,7 @@ from services.common.generated.gensearch.ranking.v1 import ranking_pb2
 from services.common.generated.gensearch.retrieval.v1 import retrieval_pb2
 from services.gateway.config import GatewaySettings
 from services.gateway.downstream import Downstream, StageFailedError
-from services.gateway.metrics import CACHE, DEGRADED, STAGE_LATENCY
+from services.gateway.metrics import DEGRADED, cache_lookups, stage_latency
 from services.gateway.schemas import SearchItem, SearchRequest, SearchResponse
 from services.gateway.store import FeatureStore
 
@@ -42,21 +40,32 @@ class SearchUnavailableError(Exception):
         self.reason = reason
 
 
+class _StageTimer:
+    """``with trace.stage(name):`` records the stage's wall time (a plain class: cheaper
+    than a generator-based context manager on the per-request path)."""
+
+    __slots__ = ("_name", "_start", "_timings")
+
+    def __init__(self, timings: dict[str, float], name: str) -> None:
+        self._timings, self._name, self._start = timings, name, 0.0
+
+    def __enter__(self) -> None:
+        self._start = time.perf_counter()
+
+    def __exit__(self, *_exc: object) -> None:
+        took = time.perf_counter() - self._start
+        self._timings[self._name] = round(took * 1000, 3)
+        stage_latency(self._name).observe(took)
+
+
 @dataclass(slots=True)
 class _Trace:
     timings: dict[str, float] = field(default_factory=dict)
     degraded: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    @asynccontextmanager
-    async def stage(self, name: str) -> AsyncIterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            took = time.perf_counter() - start
-            self.timings[name] = round(took * 1000, 3)
-            STAGE_LATENCY.labels(name).observe(took)
+    def stage(self, name: str) -> _StageTimer:
+        return _StageTimer(self.timings, name)
 
     def degrade(self, stage: str, reason: str) -> None:
         self.degraded.append(stage)
@@ -106,34 +115,39 @@ class SearchService:
         deadline = Deadline.after(timeout_ms / 1000.0)
         trace = _Trace()
         key = self.cache_key(req)
-        async with trace.stage("result_cache"):
+        with trace.stage("result_cache"):
             cached = await self.store.cache_get(key)
         if cached is not None:
-            CACHE.labels("result", "hit").inc()
+            cache_lookups("result", "hit").inc()
             response = SearchResponse.model_validate_json(cached)
             response.request_id, response.cached = request_id, True
             response.timings_ms = trace.timings if req.debug else None
             return response
-        CACHE.labels("result", "miss").inc()
+        cache_lookups("result", "miss").inc()
 
-        understanding, history = await asyncio.gather(
-            self._understand(req.query, deadline, trace), self._history(req.user_id, trace)
-        )
+        if self.qu is not None and req.query:
+            understanding, history = await asyncio.gather(
+                self._understand(req.query, deadline, trace), self._history(req.user_id, trace)
+            )
+        else:  # nothing to overlap: skip the two tasks gather would create
+            understanding, history = None, await self._history(req.user_id, trace)
         candidates = await self._retrieve(req, understanding, history, deadline, trace)
         items = await self._features([c.item_id for c in candidates], trace)
         if self.ranking is not None and candidates:
             candidates = await self._rank(req, understanding, history, candidates, deadline, trace)
-        response = SearchResponse(
+        # model_construct: every field comes from validated input or typed protobufs, and
+        # validating 10-100 items again costs more than the rest of the assembly.
+        response = SearchResponse.model_construct(
             request_id=request_id,
             query=req.query,
             items=[
-                SearchItem(
+                SearchItem.model_construct(
                     id=c.item_id,
                     title=items.get(c.item_id, {}).get("title"),
                     category=items.get(c.item_id, {}).get("category"),
                     score=round(float(c.final_score or c.retrieval_score), 6),
                     sid=list(c.sid.codes),
-                    source=_SOURCES.get(c.source, "popular"),  # type: ignore[arg-type]
+                    source=_SOURCES.get(c.source, "popular"),
                     objective_scores={o.objective: o.score for o in c.objective_scores} or None,
                 )
                 for c in candidates[: req.k]
@@ -141,6 +155,8 @@ class SearchService:
             artifact_version=self.version,
             degraded=trace.degraded,
             notes=trace.notes,
+            cached=False,
+            timings_ms=None,
         )
         if not trace.degraded:
             await self.store.cache_set(
@@ -155,12 +171,12 @@ class SearchService:
         if self.qu is None or not query:
             return None
         key = "qu:" + _digest(self.version, query)
-        async with trace.stage("query_understanding"):
+        with trace.stage("query_understanding"):
             raw = await self.store.cache_get(key)
             if raw is not None:
-                CACHE.labels("query_understanding", "hit").inc()
+                cache_lookups("query_understanding", "hit").inc()
                 return query_understanding_pb2.UnderstandResponse.FromString(raw)
-            CACHE.labels("query_understanding", "miss").inc()
+            cache_lookups("query_understanding", "miss").inc()
             request = query_understanding_pb2.UnderstandRequest(
                 meta=common_pb2.RequestMeta(artifact_version=self.version),
                 query=query,
@@ -179,9 +195,9 @@ class SearchService:
     async def _history(self, user_id: str | None, trace: _Trace) -> list[str]:
         if not user_id:
             return []
-        async with trace.stage("user_features"):
+        with trace.stage("user_features"):
             history = await self.store.user_history(self.version, user_id)
-        CACHE.labels("user_features", "hit" if history is not None else "miss").inc()
+        cache_lookups("user_features", "hit" if history is not None else "miss").inc()
         return history or []  # an unknown user is a cold start
 
     async def _retrieve(
@@ -207,7 +223,7 @@ class SearchService:
         )
         reserve = 0.3 if self.ranking is not None else 0.0
         budget = deadline.sub_budget(1.0 - reserve, reserve=ASSEMBLY_RESERVE_S)
-        async with trace.stage("retrieval"):
+        with trace.stage("retrieval"):
             try:
                 reply = await self.retrieval.call("Retrieve", request, budget)
             except StageFailedError as exc:
@@ -237,10 +253,10 @@ class SearchService:
         ]
 
     async def _features(self, item_ids: list[str], trace: _Trace) -> dict[str, dict[str, Any]]:
-        async with trace.stage("item_features"):
+        with trace.stage("item_features"):
             found = await self.store.items(self.version, item_ids)
         if item_ids:
-            CACHE.labels("item_features", "hit" if found else "miss").inc()
+            cache_lookups("item_features", "hit" if found else "miss").inc()
         return found
 
     async def _rank(
@@ -261,7 +277,7 @@ class SearchService:
             candidates=candidates,
             k=req.k,
         )
-        async with trace.stage("ranking"):
+        with trace.stage("ranking"):
             try:
                 reply = await self.ranking.call(
                     "Rank", request, deadline.sub_budget(1.0, reserve=ASSEMBLY_RESERVE_S)
