@@ -85,6 +85,10 @@ def demo_search(base: str, query: str, user_id: str) -> dict[str, object]:
         return dict(json.loads(reply.read()))
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="build the full artifacts if missing")
@@ -94,6 +98,11 @@ def main() -> int:
     parser.add_argument("--ready-timeout", type=float, default=300.0)
     args = parser.parse_args()
 
+    # Ctrl-C and a supervisor's SIGTERM both stop the services: without this, SIGTERM
+    # would end this process before ``finally`` and leave honcho's group running, and a
+    # shell that starts us in the background hands us SIGINT ignored.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     version = ensure_artifacts(args.full)
     env = {**DEFAULTS, **os.environ, "PYTHONUNBUFFERED": "1"}
     # The Procfile says ``python``: make it this interpreter (the project's venv).
