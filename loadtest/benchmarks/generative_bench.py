@@ -607,8 +607,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(p50) are compared. Constrained vs unconstrained compares the medians of our "
         "search with and without the trie. It "
         "can be negative: with the trie, the top-k runs over the few valid (beam, token) "
-        "pairs only, and beams with a single valid last token need no decoder run. 'trie "
+        "pairs only, and beams whose remaining path is forced (one valid token per level "
+        "left) need no decoder run. 'trie "
         "lookups' is the direct cost of the constraint: time in SidTrie.next_mask/advance "
+        "(and the forced-path check) "
         "during decoding, as a share of the ONNX time.",
     ]
     subjects: list[Subject] = []

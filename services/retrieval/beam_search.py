@@ -10,8 +10,10 @@ excluded) are masked, the log-softmax is taken over the remaining tokens (log-pr
 renormalised over valid tokens, as Hugging Face's ``renormalize_logits=True`` does after its
 prefix constraint), and the best ``beam_width`` (prefix + token) continuations per query are
 kept. The encoder runs once per query; its cross-attention K/V are computed once and shared by
-all beams; the decoder's self-attention K/V are cached and reordered with the beams. Finished
-hypotheses are leaves of the trie, so no invalid SID can come out of constrained mode.
+all beams; the decoder's self-attention K/V are cached and reordered with the beams. A beam
+whose remaining path through the trie is forced (one valid token at every level left) gets no
+more decoder runs: renormalised over one token, its score cannot change. Finished hypotheses
+are leaves of the trie, so no invalid SID can come out of constrained mode.
 """
 
 from __future__ import annotations
@@ -325,37 +327,73 @@ class BeamSearch:
             allowed[q, b[hit], tok[hit]] = False
         return allowed
 
-    def _last_step(
+    def _forced(
+        self,
+        level: int,
+        nodes: IntArray,
+        allowed: npt.NDArray[np.bool_],
+        groups: list[tuple[SidTrie, IntArray]],
+    ) -> npt.NDArray[np.bool_]:
+        """(Q, W): True where this level and every later one leave the beam at most one
+        valid token. The decoder's logits cannot change such a beam's score any more (a
+        single valid token scores log 1 = 0 after renormalisation), so it needs no
+        decoder run from here on. Conservative with several tries in one batch."""
+        counts = allowed.sum(axis=-1)
+        forced = counts <= 1
+        depth = self.layout.depth
+        if level == depth - 1 or len(groups) != 1 or not forced.any():
+            return forced
+        trie = groups[0][0]
+        # follow the single valid path of the forced beams that are still alive
+        follow = forced & (counts == 1)
+        cur = nodes[follow]
+        tok = allowed[follow].argmax(axis=-1)
+        where = np.flatnonzero(follow.reshape(-1))
+        for d in range(level, depth - 1):
+            if not where.size:
+                break
+            cur = trie.advance(d, cur, tok)
+            mask = trie.next_mask(d + 1, cur)
+            single = mask.sum(axis=-1) <= 1
+            forced.reshape(-1)[where[~single]] = False
+            keep = single & (cur >= 0)
+            where, cur, tok = where[keep], cur[keep], mask[keep].argmax(axis=-1)
+        return forced
+
+    def _step_some(
         self,
         tokens: IntArray,
         past: FloatArray,
         cross: FloatArray,
         batch: EncoderBatch,
-        allowed: npt.NDArray[np.bool_],
-    ) -> tuple[FloatArray, float]:
-        """Logits of the final level, computed only for beams with more than one valid
-        token (the rest get zeros, which their single-token log-softmax ignores), and the
-        seconds spent in the model."""
+        run: npt.NDArray[np.bool_],
+    ) -> tuple[FloatArray, FloatArray, float]:
+        """One decoder step for the beams in ``run`` (Q, W) only; the other beams get zero
+        logits and zero K/V, which nothing reads (see :meth:`_forced`). Returns logits,
+        this step's K/V for every beam and the seconds spent in the model."""
         q_count, width = tokens.shape
-        choice = allowed.sum(axis=-1) > 1
-        n_run = int(choice.sum(axis=1).max()) if choice.size else 0
+        n_run = int(run.sum(axis=1).max()) if run.size else 0
         vocab = self.layout.decoder_vocab_size
-        if n_run == 0:
-            return np.zeros((q_count, width, vocab), dtype=np.float32), 0.0
+        kv_shape = (self.model.num_layers, 2, q_count, width, self.model.num_heads, 1)
         if n_run == width:
             t0 = time.perf_counter()
-            logits, _ = self.model.step(tokens, past, cross, batch.attention_mask)
-            return logits, time.perf_counter() - t0
-        # rows with a choice first, per query (stable: keeps beam order)
-        order = np.argsort(~choice, axis=1, kind="stable")[:, :n_run]
+            logits, new_kv = self.model.step(tokens, past, cross, batch.attention_mask)
+            return logits, new_kv, time.perf_counter() - t0
+        logits = np.zeros((q_count, width, vocab), dtype=np.float32)
+        new_kv = np.zeros((*kv_shape, self.model.d_kv), dtype=np.float32)
+        if n_run == 0:
+            return logits, new_kv, 0.0
+        # the beams that run first, per query (stable: keeps beam order)
+        order = np.argsort(~run, axis=1, kind="stable")[:, :n_run]
         run_tokens = np.take_along_axis(tokens, order, axis=1)
         run_past = _reorder_cache(past, order)
         t0 = time.perf_counter()
-        run_logits, _ = self.model.step(run_tokens, run_past, cross, batch.attention_mask)
+        run_logits, run_kv = self.model.step(run_tokens, run_past, cross, batch.attention_mask)
         seconds = time.perf_counter() - t0
-        logits = np.zeros((q_count, width, vocab), dtype=np.float32)
-        logits[np.arange(q_count)[:, None], order] = run_logits
-        return logits, seconds
+        q_idx = np.arange(q_count)[:, None]
+        logits[q_idx, order] = run_logits
+        new_kv[:, :, q_idx, order] = run_kv
+        return logits, new_kv, seconds
 
     # ------------------------------------------------------------------ search
 
@@ -389,16 +427,18 @@ class BeamSearch:
         scores = np.zeros((q_count, 1), dtype=np.float32)
         nodes = np.zeros((q_count, 1), dtype=np.int64)  # root
         codes = np.zeros((q_count, 1, 0), dtype=np.int64)
-        last = layout.depth - 1
         for level in range(layout.depth):
             if self.constrained:
                 t0 = time.perf_counter()
                 allowed = self._allowed(level, nodes, groups, exclusions)
                 trie_s += time.perf_counter() - t0
-                if level == last and level > 0:
-                    # a beam with one valid last token scores log 1 = 0 for it whatever the
-                    # logits: the decoder runs only for beams that still have a choice
-                    logits, step_s = self._last_step(tokens, past, cross, batch, allowed)
+                if level > 0:
+                    # beams whose remaining path is forced need no decoder run: their
+                    # score cannot change (exact, see _forced)
+                    t0 = time.perf_counter()
+                    forced = self._forced(level, nodes, allowed, groups)
+                    trie_s += time.perf_counter() - t0
+                    logits, new_kv, step_s = self._step_some(tokens, past, cross, batch, ~forced)
                     model_s += step_s
                 else:
                     t0 = time.perf_counter()

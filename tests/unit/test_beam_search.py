@@ -320,3 +320,36 @@ def test_last_level_runs_the_decoder_only_for_beams_with_a_choice() -> None:
     exact2 = brute_force(model2, trie2, codes2, (7,), np.arange(len(codes2)))
     assert res2.items.tolist() == sorted(exact2, key=lambda r: -exact2[r])
     np.testing.assert_allclose(res2.scores, sorted(exact2.values(), reverse=True), atol=1e-4)
+
+
+def test_beams_with_a_forced_remaining_path_skip_the_decoder() -> None:
+    sizes = (3, 4, 4, 4)
+    layout = TokenLayout(sizes, n_words=2)
+    rows = []
+    for a in range(3):
+        for b in range(4):
+            if (a + b) % 2 == 0:  # one item under (a, b): its last two tokens are forced
+                rows.append([a, b, (a * b) % 4, (a + 2 * b) % 4])
+            else:  # four items under (a, b): the decoder must keep choosing
+                rows += [[a, b, c, d] for c in (1, 3) for d in (0, 2)]
+    codes = np.asarray(rows, np.int64)
+    trie = SidTrie.build(codes, sizes)
+    model = FakeStepModel(layout)
+    wide = SearchOptions(beam_width=len(codes), k=len(codes))
+    res = BeamSearch(model, layout, trie, codes).search(batch_of([[7]]), [wide])[0]
+    exact = brute_force(model, trie, codes, (7,), np.arange(len(codes)))
+    assert res.items.tolist() == sorted(exact, key=lambda r: -exact[r])
+    np.testing.assert_allclose(res.scores, sorted(exact.values(), reverse=True), atol=1e-4)
+    # levels 2 and 3 decode only the beams under the 6 prefixes that still branch
+    assert model.calls[2] == (1, 6) and model.calls[3] == (1, 12)
+    # two queries with different beam widths in one batch answer as they do alone
+    narrow = SearchOptions(beam_width=5, k=5)
+    together = BeamSearch(FakeStepModel(layout), layout, trie, codes).search(
+        batch_of([[7], [9, 4]]), [wide, narrow]
+    )
+    alone = BeamSearch(FakeStepModel(layout), layout, trie, codes).search(
+        batch_of([[9, 4]]), [narrow]
+    )[0]
+    assert together[0].items.tolist() == res.items.tolist()
+    assert together[1].items.tolist() == alone.items.tolist()
+    np.testing.assert_allclose(together[1].scores, alone.scores, atol=1e-5)
