@@ -43,17 +43,18 @@ _BIG = 1e12  # cost of a forbidden (already used) code in the assignment problem
 
 @dataclass(frozen=True, slots=True)
 class SidConfig:
-    """RQ-OPQ settings. Defaults are sized for the 4,344-item catalog (4 tokens, 2,560 codes).
+    """RQ-OPQ settings. Defaults are sized for the 4,344-item catalog (4 tokens, 2,816 codes).
 
-    The defaults were chosen on the comparison in docs/results/tokenizer_comparison.md.
-    Balanced assignment and a collaborative weight of 0.3 add distinct SIDs without
-    letting the collaborative part dominate the first token. The residual levels are
-    1024 wide, descending to 256 for the OPQ codes as OneSearch's 4096-1024-512 + 2x256
-    does: with 256-wide levels near-duplicate products (size/gauge variants) kept
-    colliding before resolution (4,227 distinct vs 4,320 here, 4,344 items).
+    The defaults were chosen on docs/results/tokenizer_comparison.md and
+    generative_quality.md. Balanced assignment and a collaborative weight of 0.3 add
+    distinct SIDs without letting the collaborative part dominate the first token. With
+    256-wide levels throughout, near-duplicate products (size/gauge variants) kept
+    colliding before resolution (4,227 distinct of 4,344); a wide second level (2048)
+    separates them while the first token stays a 256-way, category-like choice (a
+    1024-wide first level was as distinct but generated worse).
     """
 
-    rq_levels: tuple[int, ...] = (1024, 1024)
+    rq_levels: tuple[int, ...] = (256, 2048)
     opq_subspaces: int = 2
     opq_bits: int = 8  # each PQ sub-space has 2**opq_bits codes
     kmeans_niter: int = 25
