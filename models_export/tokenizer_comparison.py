@@ -9,7 +9,6 @@ The published indexes have no codebooks here, so they have no reconstruction err
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shlex
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from models_export import embeddings, ingest, semantic_ids
+from models_export.result_files import write_results
 from services.common.config import data_dir
 
 PUBLISHED = ["rkmeans_native", "rqvae_native", "letter_native", "rkmeans_zcr", "rqvae_zcr"]
@@ -246,9 +246,7 @@ def run(args: argparse.Namespace) -> int:
     result = compare(base, embeddings.TextConfig())
     result["command"] = "python -m models_export " + shlex.join(sys.argv[1:])
     result["machine"] = f"{platform.machine()} CPU, 2 cores, faiss threads = 1"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(render_markdown(result))
+    write_results(args.out, result, render_markdown(result))
     default = result["ours"][0]
     print(
         f"tokenizers: default {default['method']} distinct "

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import statistics
@@ -27,6 +26,7 @@ import grpc
 
 from loadtest.benchmarks.workload import load_workload, retrieve_call, run_rounds
 from loadtest.local_stack import REPO_ROOT, start_stack
+from models_export import result_files
 from services.common.artifacts import ArtifactRepository
 from services.common.config import artifact_root
 from services.common.generated.gensearch.retrieval.v1 import retrieval_pb2_grpc
@@ -119,11 +119,8 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace, version:
             f"(of which the HTTP floor, client included: {floor['p50_ms']:.2f} ms = "
             f"{floor['p50_ms'] / gw['p50_ms'] * 100:.1f} % of the gateway p50)"
         )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "gateway_benchmark.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "gateway_benchmark.json").write_text(
-        json.dumps({"version": version, "rows": rows, "overhead_p50": overhead}, indent=2)
-    )
+    doc = {"version": version, "rows": rows, "overhead_p50": overhead}
+    result_files.write_results(RESULTS / "gateway_benchmark", doc, "\n".join(lines))
     print("\n".join(lines[-len(levels) - 2 :]))
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import shlex
@@ -54,6 +53,7 @@ from models_export.evaluation.data import EvalData, load_from_dir
 from models_export.generator.export_onnx import export_onnx
 from models_export.generator.model import PRESETS, build_model, embed_positions, parameter_count
 from models_export.generator.retriever import GENERATOR_DIR
+from models_export.result_files import write_results
 from services.common.config import artifact_root
 from services.common.generated.gensearch.retrieval.v1 import retrieval_pb2_grpc
 from services.retrieval.beam_search import BeamSearch, SearchOptions, StepTimes
@@ -653,10 +653,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["grpc"] = grpc_latency(
             version_dir, args.grpc_requests, args.grpc_concurrency, args.grpc_queue_delays_ms
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     md = markdown(results)
-    args.out.with_suffix(".md").write_text(md)
+    write_results(args.out, results, md)
     print(md)
     return 0
 

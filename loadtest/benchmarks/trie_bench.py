@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import shlex
@@ -41,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
+from models_export.result_files import write_results
 from services.retrieval.trie import SidTrie
 
 BATCH = 256
@@ -408,10 +408,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     markdown = render_markdown(results, meta)
     print(markdown)
     if not args.no_write:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".md").write_text(markdown)
         payload = {"meta": meta, "results": [asdict(r) for r in results]}
-        args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+        write_results(args.out, payload, markdown)
 
 
 if __name__ == "__main__":

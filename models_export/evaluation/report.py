@@ -15,8 +15,8 @@ from typing import Any
 from models_export.evaluation.harness import DERIVED_NOTE
 from models_export.evaluation.metrics import METRIC_NAMES
 from models_export.evaluation.suite import SuiteRun
+from models_export.result_files import write_markdown, write_results
 
-KEEP_MARKER = "<!-- hand-written notes below are kept when this file is regenerated -->"
 # Independent reference run quoted in the issue (test split): (mode, query kind, method) ->
 # (Recall@10, NDCG@10 or None where not quoted).
 REFERENCE_TEST: dict[tuple[str, str | None, str], tuple[float, float | None]] = {
@@ -171,29 +171,18 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_markdown(doc: dict[str, Any], mpath: Path) -> None:
-    kept = ""
-    if mpath.is_file() and KEEP_MARKER in (old := mpath.read_text()):
-        kept = old.split(KEEP_MARKER, 1)[1]
-    mpath.write_text(markdown(doc) + "\n" + KEEP_MARKER + kept)
-
-
 def write_outputs(
     run: SuiteRun, command: str, out_dir: Path, name: str = "baselines", title: str = "Baselines"
 ) -> tuple[Path, Path]:
     """Write ``<out_dir>/<name>.json`` and ``<out_dir>/<name>.md``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    jpath, mpath = out_dir / f"{name}.json", out_dir / f"{name}.md"
     doc = results_dict(run, command, title)
-    jpath.write_text(json.dumps(doc, indent=2) + "\n")
-    _write_markdown(doc, mpath)
-    return jpath, mpath
+    return write_results(out_dir / name, doc, markdown(doc))
 
 
 def render_file(json_path: Path) -> Path:
     """Re-render ``<name>.md`` next to a saved ``<name>.json`` (keeps hand-written notes)."""
     mpath = json_path.with_suffix(".md")
-    _write_markdown(json.loads(json_path.read_text()), mpath)
+    write_markdown(mpath, markdown(json.loads(json_path.read_text())))
     return mpath
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from models_export.evaluation.harness import DERIVED_NOTE
 from models_export.generator.evaluate import evaluate_run
 from models_export.generator.retriever import GENERATOR_DIR
+from models_export.result_files import write_results
 from services.common.config import artifact_root
 
 # Independent reference figures quoted in the issue (test split): Recall@10, NDCG@10.
@@ -141,8 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.render_only:
         saved: dict[str, Any] = json.loads(args.out.with_suffix(".json").read_text())
         saved["notes"] = list(saved.get("notes", [])) + list(args.note)
-        args.out.with_suffix(".json").write_text(json.dumps(saved, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(markdown(saved))
+        write_results(args.out, saved, markdown(saved))
         return 0
     if not args.run:
         parser.error("at least one --run NAME=DIR is required")
@@ -162,10 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": evaluate_runs(runs, version_dir, args.split, args.beam, args.threads),
         "notes": args.note,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
     text = markdown(doc)
-    args.out.with_suffix(".md").write_text(text)
+    write_results(args.out, doc, text)
     print(text)
     return 0
 
