@@ -31,14 +31,8 @@ def _env(artifact_root: Path) -> dict[str, str]:
 
 
 def _answer(output: str) -> dict[str, object]:
-    start = output.index("[stack] POST")
-    body = output[output.index("{", start) :]
-    depth = 0
-    for i, ch in enumerate(body):
-        depth += {"{": 1, "}": -1}.get(ch, 0)
-        if depth == 0:
-            return dict(json.loads(body[: i + 1]))
-    raise AssertionError("no JSON answer in the output")
+    start = output.index("{", output.index("[stack] POST"))
+    return dict(json.JSONDecoder().raw_decode(output, start)[0])
 
 
 def test_main_job_prints_a_real_answer(artifact_root: Path) -> None:
