@@ -11,6 +11,8 @@ _WHITESPACE = re.compile(r"\s+")
 
 def strip_control(text: str) -> str:
     """Drop control/format characters (Unicode categories Cc, Cf, Cs, Co, Cn); keep whitespace."""
+    if text.isprintable():  # no category C (nor Z other than ' ') character: nothing to drop
+        return text
     return "".join(
         ch for ch in text if ch.isspace() or not unicodedata.category(ch).startswith("C")
     )

@@ -10,11 +10,12 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated
 
+import orjson
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi import Path as FastApiPath
 from fastapi.responses import JSONResponse
@@ -31,6 +32,8 @@ from services.common.logging import request_id_var
 from services.gateway.breaker import CircuitBreaker
 from services.gateway.config import GatewaySettings
 from services.gateway.downstream import Downstream, StageFailedError
+from services.gateway.errors import ApiError
+from services.gateway.fast_search import FastSearchMiddleware
 from services.gateway.materialize import materialize
 from services.gateway.metrics import RATE_LIMITED, http_latency, http_requests
 from services.gateway.schemas import (
@@ -45,12 +48,6 @@ from services.gateway.store import FeatureStore, InMemoryStore, RedisStore
 
 log = logging.getLogger(__name__)
 _RID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.status, self.detail, self.headers = status, detail, headers or {}
 
 
 class ObserveMiddleware:
@@ -242,10 +239,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
 
-    app.add_middleware(ObserveMiddleware)
-
-    async def access_control(request: Request) -> None:
-        key = request.headers.get("x-api-key", "")
+    async def authorize(headers: Mapping[str, str]) -> None:
+        """API key check and per-key rate limit; raises :class:`ApiError` (401 / 429)."""
+        key = headers.get("x-api-key", "")
         digest = hashlib.sha256(key.encode()).hexdigest()
         # Compare against every configured hash so timing reveals nothing.
         matched = False
@@ -265,8 +261,22 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                     {"Retry-After": str(max(1, int(retry_after + 0.999)))},
                 )
 
+    async def access_control(request: Request) -> None:
+        await authorize(request.headers)
+
     # Without configured keys there is nothing to check: no per-request dependency at all.
     guarded = [Depends(access_control)] if key_hashes else []
+
+    async def answer_search(body: SearchRequest, request_id: str) -> Response:
+        if not readiness.ready:
+            raise ApiError(503, f"not ready: {readiness.reason}", {"Retry-After": "1"})
+        try:
+            answer = await parts().service.search(body, request_id)
+        except SearchUnavailableError as exc:
+            raise ApiError(exc.status, exc.reason, {"Retry-After": "1"}) from exc
+        # Serialised once, by orjson: the answer is built from validated input and typed
+        # protobufs; FastAPI's response_model path would validate it a second time.
+        return Response(orjson.dumps(answer), media_type="application/json")
 
     @app.post(
         "/v1/search",
@@ -276,15 +286,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         summary="Search (or a recommendation feed when the query is empty)",
     )
     async def search(body: SearchRequest, request: Request) -> Response:
-        if not readiness.ready:
-            raise ApiError(503, f"not ready: {readiness.reason}", {"Retry-After": "1"})
-        try:
-            answer = await parts().service.search(body, request.state.request_id)
-        except SearchUnavailableError as exc:
-            raise ApiError(exc.status, exc.reason, {"Retry-After": "1"}) from exc
-        # Serialised here once: the answer is already a validated SearchResponse, and
-        # FastAPI's response_model path would validate and serialise it a second time.
-        return Response(answer.model_dump_json(exclude_none=True), media_type="application/json")
+        # Reached for requests the fast path hands over (not JSON, or invalid: FastAPI
+        # answers those with its 422) and when called without the middleware stack.
+        return await answer_search(body, request.state.request_id)
 
     @app.get(
         "/v1/items/{item_id}",
@@ -325,5 +329,15 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    # Middleware added last runs first: request id and metrics around the fast path.
+    route = next(r for r in app.routes if getattr(r, "path", "") == "/v1/search")
+    app.add_middleware(
+        FastSearchMiddleware,
+        answer=answer_search,
+        authorize=authorize if key_hashes else None,
+        route=route,
+    )
+    app.add_middleware(ObserveMiddleware)
 
     return app

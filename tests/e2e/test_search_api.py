@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
+import json
 import statistics
 import time
+import urllib.parse
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -78,6 +81,26 @@ def test_repeat_is_a_cache_hit(redis_stack: Stack) -> None:
     assert not first["cached"] and second["cached"]
     assert second["items"] == first["items"]
     assert second["request_id"] != first["request_id"]
+
+
+def test_fast_path_and_fastapi_route_answer_alike(redis_stack: Stack) -> None:
+    """``application/json`` bodies take the ASGI fast path; a body without a content type
+    is parsed by FastAPI's own route (as FastAPI does): both answer the same search."""
+    body = {"query": "nitrile gloves", "user_id": "6", "k": 6, "debug": True}
+    status, heads, fast = redis_stack.request("POST", "/v1/search", body)
+    assert status == 200 and heads["content-type"] == "application/json"
+    # http.client sends no content type of its own (urllib would add a form one)
+    conn = http.client.HTTPConnection(urllib.parse.urlsplit(redis_stack.base).netloc, timeout=10)
+    try:
+        conn.request("POST", "/v1/search", body=json.dumps(body).encode())
+        reply = conn.getresponse()
+        assert reply.status == 200
+        routed = json.loads(reply.read())
+    finally:
+        conn.close()
+    assert [i["id"] for i in routed["items"]] == [i["id"] for i in fast["items"]]
+    assert set(routed) == set(fast)  # the same document, timings included
+    assert routed["cached"] and not fast["cached"]
 
 
 def test_validation_errors_are_clear_422s(redis_stack: Stack) -> None:

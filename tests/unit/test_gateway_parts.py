@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+import unicodedata
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from services.common.text import normalize_query
+from services.common.text import normalize_query, strip_control
 from services.gateway.breaker import CircuitBreaker
 from services.gateway.schemas import SearchRequest
 from services.gateway.store import InMemoryStore
@@ -81,3 +84,12 @@ async def test_memory_token_bucket_limits_then_refills() -> None:
     assert 0 < results[-1][1] <= 0.05 + 1e-9
     await asyncio.sleep(0.06)
     assert (await store.take_token("key", rate=20.0, burst=3))[0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_strip_control_drops_exactly_the_category_c_characters(text: str) -> None:
+    kept = strip_control(text)
+    assert kept == "".join(
+        ch for ch in text if ch.isspace() or not unicodedata.category(ch).startswith("C")
+    )
