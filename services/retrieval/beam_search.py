@@ -150,9 +150,7 @@ def excluded_nodes(
         if not below.size:
             break
         parents = np.unique(path[depth][np.isin(path[depth + 1], below)])
-        mask = trie.next_mask(depth, parents)
-        r, tok = np.nonzero(mask)
-        child = trie.advance(depth, parents[r], tok)
+        r, _, child = trie.edges(depth, parents)
         alive = ~np.isin(child, below)
         keep = np.ones(len(parents), dtype=bool)
         keep[np.unique(r[alive])] = False
@@ -194,41 +192,42 @@ def _expand_dense(
     return top_scores, top // size, top % size
 
 
-def _expand_sparse(
+def _expand_edges(
     logits: FloatArray,
     offset: int,
-    allowed: npt.NDArray[np.bool_],
+    beam: IntArray,
+    token: IntArray,
     scores: FloatArray,
     widths: IntArray,
     b_max: int,
-) -> tuple[FloatArray, IntArray, IntArray]:
-    """Best continuations among the allowed (beam, token) pairs only.
+) -> tuple[FloatArray, IntArray, IntArray, IntArray]:
+    """Best continuations among the valid (beam, token) edges only.
 
-    Works on the list of allowed pairs (few, below the first level) instead of the dense
-    (queries, beams, codebook) block: per-beam log-softmax over its allowed tokens by
-    segment reductions, then one sort by (query, -score).
+    ``beam`` (flat Q * W index, ascending) and ``token`` list the edges the trie allows:
+    per-beam log-softmax over its edges by segment reductions, then one sort by
+    (query, -score). Returns scores, parent beam, token and the chosen edge's index
+    (-1 for empty slots), each (Q, width).
     """
-    q_count, width_in, size = allowed.shape
-    row, token = np.nonzero(allowed.reshape(q_count * width_in, size))
-    if not row.size:
+    q_count, width_in = scores.shape
+    if not beam.size:
         empty = np.zeros((q_count, 0), np.int64)
-        return np.zeros((q_count, 0), np.float32), empty, empty
+        return np.zeros((q_count, 0), np.float32), empty, empty, empty
     flat_logits = logits.reshape(q_count * width_in, logits.shape[-1])
-    values = flat_logits[row, token + offset]
-    # log-softmax per beam over its allowed tokens (rows come out of nonzero sorted)
-    change = np.empty(row.size, dtype=bool)
+    values = flat_logits[beam, token + offset]
+    # log-softmax per beam over its edges (edges come sorted by beam)
+    change = np.empty(beam.size, dtype=bool)
     change[0] = True
-    np.not_equal(row[1:], row[:-1], out=change[1:])
+    np.not_equal(beam[1:], beam[:-1], out=change[1:])
     starts = np.flatnonzero(change)
     segment = np.cumsum(change) - 1
     top = np.maximum.reduceat(values, starts)
     shifted = values - top[segment]
     norm = np.log(np.add.reduceat(np.exp(shifted), starts))
-    cand = scores.reshape(-1)[row] + (shifted - norm[segment])
+    cand = scores.reshape(-1)[beam] + (shifted - norm[segment])
     if q_count == 1:  # the latency-critical case: one sort, no per-query bookkeeping
         best = np.argsort(-cand, kind="stable")[: min(b_max, int(widths[0]))]
-        return cand[best][None, :], row[best][None, :], token[best][None, :]
-    query = row // width_in
+        return cand[best][None, :], beam[best][None, :], token[best][None, :], best[None, :]
+    query = beam // width_in
     # sort by query, then best score first (ties: earlier beam/token first)
     key = query * 1e7 - np.clip(cand.astype(np.float64), -1e6, 0.0)
     order = np.argsort(key, kind="stable")
@@ -241,11 +240,13 @@ def _expand_sparse(
     top_scores = np.full((q_count, width), -np.inf, dtype=np.float32)
     parent = np.zeros((q_count, width), dtype=np.int64)
     tok = np.zeros((q_count, width), dtype=np.int64)
+    edge = np.full((q_count, width), -1, dtype=np.int64)
     qk, rk, chosen = q_sorted[keep], rank[keep], order[keep]
     top_scores[qk, rk] = cand[chosen]
-    parent[qk, rk] = row[chosen] - qk * width_in
+    parent[qk, rk] = beam[chosen] - qk * width_in
     tok[qk, rk] = token[chosen]
-    return top_scores, parent, tok
+    edge[qk, rk] = chosen
+    return top_scores, parent, tok, edge
 
 
 class BeamSearch:
@@ -297,67 +298,74 @@ class BeamSearch:
             by_trie.setdefault(id(trie), (trie, []))[1].append(q)
         return [(t, np.asarray(qs, dtype=np.int64)) for t, qs in by_trie.values()]
 
-    def _allowed(
+    def _edges(
         self,
         level: int,
         nodes: IntArray,
         groups: list[tuple[SidTrie, IntArray]],
         exclusions: dict[int, _Exclusion],
-    ) -> npt.NDArray[np.bool_]:
-        q_count, width = nodes.shape
-        size = self.layout.codebook_sizes[level]
+    ) -> tuple[IntArray, IntArray, IntArray]:
+        """The valid continuations of every beam: (flat beam index Q * W, ascending; token;
+        child node), from each query's own trie, minus subtrees whose items are all
+        excluded."""
+        width = nodes.shape[1]
         if len(groups) == 1:
-            allowed = groups[0][0].next_mask(level, nodes.reshape(-1)).reshape(q_count, width, size)
+            beam, token, child = groups[0][0].edges(level, nodes.reshape(-1))
         else:
-            allowed = np.zeros((q_count, width, size), dtype=bool)
+            parts = []
             for trie, qs in groups:
-                allowed[qs] = trie.next_mask(level, nodes[qs].reshape(-1)).reshape(
-                    len(qs), width, size
-                )
+                i, t, c = trie.edges(level, nodes[qs].reshape(-1))
+                parts.append((qs[i // width] * width + i % width, t, c))
+            beam = np.concatenate([p[0] for p in parts])
+            order = np.argsort(beam, kind="stable")  # tokens stay ascending within a beam
+            beam = beam[order]
+            token = np.concatenate([p[1] for p in parts])[order]
+            child = np.concatenate([p[2] for p in parts])[order]
         for q, excl in exclusions.items():
             dead = excl.dead[level + 1]
             if not dead.size:
                 continue
-            trie = _trie_of(groups, q)
-            b, tok = np.nonzero(allowed[q])
-            if not b.size:
-                continue
-            child = trie.advance(level, nodes[q, b], tok)
-            hit = np.isin(child, dead)
-            allowed[q, b[hit], tok[hit]] = False
-        return allowed
+            drop = (beam // width == q) & np.isin(child, dead)
+            if drop.any():
+                keep = ~drop
+                beam, token, child = beam[keep], token[keep], child[keep]
+        return beam, token, child
 
     def _forced(
         self,
         level: int,
-        nodes: IntArray,
-        allowed: npt.NDArray[np.bool_],
+        counts: IntArray,
+        child: IntArray,
         groups: list[tuple[SidTrie, IntArray]],
+        width: int,
     ) -> npt.NDArray[np.bool_]:
-        """(Q, W): True where this level and every later one leave the beam at most one
-        valid token. The decoder's logits cannot change such a beam's score any more (a
-        single valid token scores log 1 = 0 after renormalisation), so it needs no
-        decoder run from here on. Conservative with several tries in one batch."""
-        counts = allowed.sum(axis=-1)
+        """(Q * W,): True where this level and every later one leave the beam at most one
+        valid token (``counts``: valid tokens per beam at this level; ``child``: the edges'
+        children, sorted by beam). The decoder's logits cannot change such a beam's score
+        any more (a single valid token scores log 1 = 0 after renormalisation), so it
+        needs no decoder run from here on."""
         forced = counts <= 1
         depth = self.layout.depth
-        if level == depth - 1 or len(groups) != 1 or not forced.any():
+        if level == depth - 1 or not forced.any():
             return forced
-        trie = groups[0][0]
         # follow the single valid path of the forced beams that are still alive
-        follow = forced & (counts == 1)
-        cur = nodes[follow]
-        tok = allowed[follow].argmax(axis=-1)
-        where = np.flatnonzero(follow.reshape(-1))
-        for d in range(level, depth - 1):
-            if not where.size:
-                break
-            cur = trie.advance(d, cur, tok)
-            mask = trie.next_mask(d + 1, cur)
-            single = mask.sum(axis=-1) <= 1
-            forced.reshape(-1)[where[~single]] = False
-            keep = single & (cur >= 0)
-            where, cur, tok = where[keep], cur[keep], mask[keep].argmax(axis=-1)
+        single = np.flatnonzero(counts == 1)
+        first_edge = np.cumsum(counts) - counts
+        cur_all = child[first_edge[single]]
+        for trie, qs in groups:
+            if len(groups) == 1:
+                where, cur = single, cur_all
+            else:
+                mine = np.isin(single // width, qs)
+                where, cur = single[mine], cur_all[mine]
+            for d in range(level + 1, depth):
+                if not where.size:
+                    break
+                index, _, below = trie.edges(d, cur)
+                n = np.bincount(index, minlength=len(cur))
+                one = n == 1
+                forced[where[~one]] = False
+                where, cur = where[one], below[(np.cumsum(n) - n)[one]]
         return forced
 
     def _step_some(
@@ -428,25 +436,30 @@ class BeamSearch:
         nodes = np.zeros((q_count, 1), dtype=np.int64)  # root
         codes = np.zeros((q_count, 1, 0), dtype=np.int64)
         for level in range(layout.depth):
+            width_in = nodes.shape[1]
             if self.constrained:
                 t0 = time.perf_counter()
-                allowed = self._allowed(level, nodes, groups, exclusions)
+                beam, token, child = self._edges(level, nodes, groups, exclusions)
                 trie_s += time.perf_counter() - t0
                 if level > 0:
                     # beams whose remaining path is forced need no decoder run: their
                     # score cannot change (exact, see _forced)
                     t0 = time.perf_counter()
-                    forced = self._forced(level, nodes, allowed, groups)
+                    counts = np.bincount(beam, minlength=q_count * width_in)
+                    forced = self._forced(level, counts, child, groups, width_in)
                     trie_s += time.perf_counter() - t0
-                    logits, new_kv, step_s = self._step_some(tokens, past, cross, batch, ~forced)
+                    run = ~forced.reshape(q_count, width_in)
+                    logits, new_kv, step_s = self._step_some(tokens, past, cross, batch, run)
                     model_s += step_s
                 else:
                     t0 = time.perf_counter()
                     logits, new_kv = self.model.step(tokens, past, cross, batch.attention_mask)
                     model_s += time.perf_counter() - t0
-                top_scores, parent, token = _expand_sparse(
-                    logits, offsets[level], allowed, scores, widths, b_max
+                top_scores, parent, token, edge = _expand_edges(
+                    logits, offsets[level], beam, token, scores, widths, b_max
                 )
+                if edge.size:
+                    nodes = np.where(edge >= 0, child[np.maximum(edge, 0)], -1)
             else:
                 t0 = time.perf_counter()
                 logits, new_kv = self.model.step(tokens, past, cross, batch.attention_mask)
@@ -460,22 +473,6 @@ class BeamSearch:
                     SearchResult(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in options
                 ]
             live = np.isfinite(top_scores)
-            if self.constrained:
-                t0 = time.perf_counter()
-                parent_nodes = np.where(live, nodes[q_index, parent], -1)
-                if len(groups) == 1:
-                    nodes = (
-                        groups[0][0]
-                        .advance(level, parent_nodes.reshape(-1), token.reshape(-1))
-                        .reshape(q_count, width)
-                    )
-                else:
-                    nodes = np.empty((q_count, width), dtype=np.int64)
-                    for trie, qs in groups:
-                        nodes[qs] = trie.advance(
-                            level, parent_nodes[qs].reshape(-1), token[qs].reshape(-1)
-                        ).reshape(len(qs), width)
-                trie_s += time.perf_counter() - t0
             if not self.constrained:  # constrained beams are tracked by their trie nodes
                 codes = np.concatenate([codes[q_index, parent], token[:, :, None]], axis=2)
             scores = top_scores
@@ -537,11 +534,3 @@ class BeamSearch:
                 )
             )
         return out
-
-
-def _trie_of(groups: list[tuple[SidTrie, IntArray]], q: int) -> SidTrie:
-    """The trie of query ``q``'s group."""
-    for trie, qs in groups:
-        if np.any(qs == q):
-            return trie
-    raise KeyError(q)

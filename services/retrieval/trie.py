@@ -291,6 +291,20 @@ class _Core:
             out[flat_row + self.tok[level][pos]] = True
         return out.reshape(batch, size)
 
+    def edges_local(self, level: int, local: AnyInt) -> tuple[IntArray, IntArray, IntArray]:
+        """Every edge leaving depth-``level`` local nodes, from the CSR run of each node:
+        (position in ``local``, token, global child id), positions ascending."""
+        ptr = self.ptr[level]
+        starts = ptr[local].astype(np.int64)
+        counts = ptr[local + 1] - starts
+        ends = np.cumsum(counts)
+        total = int(ends[-1]) if len(local) else 0
+        index = np.repeat(np.arange(len(local), dtype=np.int64), counts)
+        # flat child positions starts[i] + 0..counts[i]-1 of every node, in one go
+        pos = np.repeat(starts - (ends - counts), counts) + np.arange(total, dtype=np.int64)
+        token = self.tok[level][pos].astype(np.int64)
+        return index, token, pos + np.int64(self.offsets[level + 1])
+
     def step_local(self, level: int, local: AnyInt, tokens: AnyInt) -> AnyInt:
         """Depth-(level+1) local children; ``tokens`` must be inside the codebook."""
         size = self.codebook_sizes[level]
@@ -590,6 +604,22 @@ class SidTrie:
         if np.any(delta_nodes >= 0):
             out |= delta.core.mask(level, delta_nodes)
         return out
+
+    def edges(self, level: int, nodes: npt.ArrayLike) -> tuple[IntArray, IntArray, IntArray]:
+        """Every edge leaving ``nodes`` (depth-``level`` ids; -1 has none) as three arrays:
+        the position in ``nodes`` (ascending), the token (ascending within one node) and
+        the child id. The same edges as ``np.nonzero(next_mask(...))`` + ``advance``, in
+        the same order, without the dense mask: what a constrained search step needs."""
+        node_arr, live_local = self._check_nodes(level, nodes, self.depth - 1)
+        delta = self._delta
+        if delta is None:
+            core = self._core
+            if live_local is None:
+                live_local = core.to_local(level, node_arr)
+            return core.edges_local(level, live_local)
+        index, token = np.nonzero(self.next_mask(level, node_arr))
+        index, token = index.astype(np.int64), token.astype(np.int64)
+        return index, token, self.advance(level, node_arr[index], token)
 
     def advance(self, level: int, nodes: npt.ArrayLike, tokens: npt.ArrayLike) -> IntArray:
         """Child node ids after taking ``tokens`` at ``level``; -1 where that edge does not exist.

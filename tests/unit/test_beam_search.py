@@ -353,3 +353,35 @@ def test_beams_with_a_forced_remaining_path_skip_the_decoder() -> None:
     assert together[0].items.tolist() == res.items.tolist()
     assert together[1].items.tolist() == alone.items.tolist()
     np.testing.assert_allclose(together[1].scores, alone.scores, atol=1e-5)
+
+
+def test_forced_paths_in_a_batch_of_several_tries_answer_as_alone() -> None:
+    """A category sub-trie and the full trie in one batch: the forced-path skip follows
+    each query's own trie (a beam forced at one level but branching later must still be
+    decoded, or its cached K/V would miss a step)."""
+    sizes = (3, 4, 4, 4)
+    layout = TokenLayout(sizes, n_words=2)
+    rows = []
+    for a in range(3):
+        for b in range(4):
+            rows.append([a, b, (a * b) % 4, (a + 2 * b) % 4])
+            if b % 2:  # branches again below (a, b, 0)
+                rows += [[a, b, 0, d] for d in (1, 3)]
+    codes = np.unique(np.asarray(rows, np.int64), axis=0)
+    trie = SidTrie.build(codes, sizes)
+    # the sub-trie: under a = 0 a single child per level until the last level branches
+    sub = trie.subset(np.flatnonzero((codes[:, 0] != 0) | (codes[:, 1] == 1)))
+    wide = SearchOptions(beam_width=len(codes), k=len(codes))
+    options = [wide, SearchOptions(beam_width=len(codes), k=len(codes), trie=sub)]
+    together = BeamSearch(FakeStepModel(layout), layout, trie, codes).search(
+        batch_of([[7], [9, 4]]), options
+    )
+    for query, o, res in zip(([7], [9, 4]), options, together, strict=True):
+        alone = BeamSearch(FakeStepModel(layout), layout, trie, codes).search(
+            batch_of([query]), [o]
+        )[0]
+        assert res.items.tolist() == alone.items.tolist()
+        np.testing.assert_allclose(res.scores, alone.scores, atol=1e-5)
+        allowed = np.arange(len(codes)) if o.trie is None else np.asarray(o.trie._all_rows())
+        exact = brute_force(FakeStepModel(layout), o.trie or trie, codes, tuple(query), allowed)
+        assert res.items.tolist() == sorted(exact, key=lambda r: -exact[r])

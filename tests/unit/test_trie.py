@@ -156,6 +156,31 @@ def test_next_mask_from_nodes_equals_valid_next_mask(
 
 
 @PROPERTY_SETTINGS
+@given(sid_sets(), LAYOUTS, st.integers(0, 5), st.data())
+def test_edges_equal_the_mask_nonzero_and_advance(
+    case: tuple[np.ndarray, tuple[int, ...]], layout: TrieLayout, n_new: int, data: st.DataObject
+) -> None:
+    """``edges`` lists the same (node, token, child) triples, in the same order, as the
+    dense mask + ``advance`` path, dead nodes and cold-start (delta) items included."""
+    codes, sizes = case
+    trie = SidTrie.build(codes, sizes, layout=layout)
+    if n_new:
+        new = [[data.draw(st.integers(0, v - 1)) for v in sizes] for _ in range(n_new)]
+        trie.add_items(np.asarray(new, dtype=np.int64))
+    length = data.draw(st.integers(0, trie.depth - 1))
+    prefixes = all_prefixes(sizes, length)  # real prefixes and ones off the trie (-1)
+    nodes = trie.root(len(prefixes))
+    for level in range(length):
+        nodes = trie.advance(level, nodes, prefixes[:, level])
+    index, token, child = trie.edges(length, nodes)
+    want_index, want_token = np.nonzero(trie.next_mask(length, nodes))
+    np.testing.assert_array_equal(index, want_index)
+    np.testing.assert_array_equal(token, want_token)
+    np.testing.assert_array_equal(child, trie.advance(length, nodes[want_index], want_token))
+    assert index.dtype == token.dtype == child.dtype == np.int64
+
+
+@PROPERTY_SETTINGS
 @given(sid_sets(), st.lists(st.integers(0, 12), min_size=1, max_size=4), LAYOUTS, st.data())
 def test_add_items_equals_a_fresh_build(
     case: tuple[np.ndarray, tuple[int, ...]],
