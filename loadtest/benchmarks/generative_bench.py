@@ -481,7 +481,7 @@ def markdown(results: dict[str, Any]) -> str:
         "`generate(inputs_embeds, num_beams, prefix_allowed_tokens_fn, renormalize_logits=True)` "
         "in PyTorch, "
         "ours = ONNX encoder once per query + cached decoder step, cross-attention K/V once per "
-        "query shared by all beams, vectorised trie masks.",
+        "query shared by all beams, vectorised trie (edge lists).",
         "",
         "Targets: identical top-10 >= 99 % (ties within 1e-4 aside); >= 8x lower latency at "
         "batch 1, beam 20; search overhead above the ONNX forward passes <= 15 %; constraint "
@@ -609,7 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "can be negative: with the trie, the top-k runs over the few valid (beam, token) "
         "pairs only, and beams whose remaining path is forced (one valid token per level "
         "left) need no decoder run. 'trie "
-        "lookups' is the direct cost of the constraint: time in SidTrie.next_mask/advance "
+        "lookups' is the direct cost of the constraint: time in SidTrie.edges "
         "(and the forced-path check) "
         "during decoding, as a share of the ONNX time.",
     ]

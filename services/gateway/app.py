@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import hmac
 import logging
@@ -164,8 +165,9 @@ def _build(settings: GatewaySettings) -> _Components:
     return _Components(store, retrieval, service)
 
 
-def create_app(settings: GatewaySettings) -> FastAPI:
-    """Build the gateway app; stores and channels are created in the lifespan."""
+def create_app(settings: GatewaySettings) -> ASGIApp:
+    """Build the gateway's ASGI app (the FastAPI app inside the request-id/metrics and
+    search fast-path middleware); stores and channels are created in the lifespan."""
     readiness = Readiness()
     key_hashes = [h.lower() for h in settings.api_key_sha256]
     holder: dict[str, _Components] = {}
@@ -197,6 +199,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             artifacts = ArtifactRepository(settings.artifact_dir).open(version)
             counts = await materialize(store, artifacts)
             log.info("materialized", extra={"version": version, **counts})
+            # The in-process store's features live as long as the process: keep the
+            # cyclic garbage collector from scanning them again on every full collection.
+            gc.freeze()
         readiness.ready, readiness.reason = True, f"serving {version}"
 
     async def watch_readiness() -> None:
@@ -227,6 +232,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         description="Generative search: constrained generative retrieval, "
         "personalised ranking, RAG document selection.",
         lifespan=lifespan,
+        # No OpenTelemetry here (Prometheus metrics instead): off, FastAPI would look up
+        # the global OTel providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         responses={
             401: {"model": ErrorResponse},
             429: {"model": ErrorResponse},
@@ -330,14 +338,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    # Middleware added last runs first: request id and metrics around the fast path.
+    # Request id and metrics around everything, then the search fast path, then FastAPI:
+    # wrapped outside the FastAPI app so that a search skips its per-request machinery.
     route = next(r for r in app.routes if getattr(r, "path", "") == "/v1/search")
-    app.add_middleware(
-        FastSearchMiddleware,
-        answer=answer_search,
-        authorize=authorize if key_hashes else None,
-        route=route,
+    fast = FastSearchMiddleware(
+        app, answer=answer_search, authorize=authorize if key_hashes else None, route=route
     )
-    app.add_middleware(ObserveMiddleware)
-
-    return app
+    return ObserveMiddleware(fast)

@@ -35,11 +35,12 @@ class Downstream:
         self.channel = create_channel(addr, idempotent_services=[service_name])
         self.stub = stub_cls(self.channel)
         self.breaker = breaker
+        self._open_gauge = BREAKER_OPEN.labels(stage)  # bound once: labels() locks per call
 
     async def call(self, method: str, request: Any, deadline: Deadline) -> Any:
         """Call ``method`` within ``deadline``; raise :class:`StageFailedError` on any failure."""
         if not self.breaker.allow():
-            BREAKER_OPEN.labels(self.stage).set(1)
+            self._open_gauge.set(1)
             raise StageFailedError(self.stage, "circuit open after repeated failures")
         try:
             reply = await call_unary(
@@ -53,11 +54,11 @@ class Downstream:
                 self.breaker.success()  # the service answered; the request was the problem
             else:
                 self.breaker.failure()
-            BREAKER_OPEN.labels(self.stage).set(int(self.breaker.state == "open"))
+            self._open_gauge.set(int(self.breaker.state == "open"))
             timeout = code == grpc.StatusCode.DEADLINE_EXCEEDED
             raise StageFailedError(self.stage, code.name.lower(), timeout=timeout) from exc
         self.breaker.success()
-        BREAKER_OPEN.labels(self.stage).set(0)
+        self._open_gauge.set(0)
         return reply
 
     async def health(self) -> str:

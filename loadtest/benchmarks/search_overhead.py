@@ -1,0 +1,70 @@
+"""Our constrained beam search alone: latency and its cost above the ONNX forward passes.
+
+``python -m loadtest.benchmarks.search_overhead [--model serving|reference] [--threads 2]``
+
+The quick check behind an optimisation of ``services.retrieval.beam_search``: no HF
+reference, no gRPC, just batch-1 searches (beam 20, top 10) over derived test queries
+(Ai et al. 2017 category words, real history) on the CURRENT artifact's generator, or on
+seeded random weights at the published reference size. It uses only the public
+``BeamSearch`` API, so the same file run against an older commit gives a same-machine A/B.
+Prints one line; ``generative_bench`` is the full comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from loadtest.benchmarks.generative_bench import (
+    load_subject,
+    make_search,
+    ours_fn,
+    random_subject,
+    test_queries,
+)
+from models_export.evaluation.data import load_from_dir
+from services.common.config import artifact_root
+from services.retrieval.beam_search import StepTimes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["serving", "reference"], default="serving")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--beam", type=int, default=20)
+    args = parser.parse_args()
+    root = artifact_root()
+    version_dir = root / (root / "CURRENT").read_text().strip()
+    data = load_from_dir(version_dir, with_embeddings=False)
+    subject = load_subject("serving", version_dir, args.threads)
+    if args.model == "reference":
+        tmp = Path(tempfile.mkdtemp(prefix="search-overhead-"))
+        subject = random_subject("reference", subject, "reference", args.threads, tmp)
+    queries = test_queries(data, args.queries, seed=7)
+    search = make_search(subject, constrained=True)
+    run = ours_fn(search, subject.encoder, queries, args.beam)
+    for i in range(20):  # warm-up
+        run([i % len(queries)])
+    search.times = StepTimes()
+    latencies = []
+    for i in range(len(queries)):
+        start = time.perf_counter()
+        run([i])
+        latencies.append(time.perf_counter() - start)
+    times = search.times
+    print(
+        f"{args.model}: {len(latencies)} queries, batch 1, beam {args.beam}, "
+        f"{args.threads} threads: p50 {np.median(latencies) * 1000:.2f} ms, "
+        f"ONNX {times.model / times.calls * 1000:.2f} ms/query, "
+        f"search overhead {100 * times.search_overhead():.1f} %, "
+        f"trie lookups {100 * times.trie_share():.1f} %"
+    )
+
+
+if __name__ == "__main__":
+    main()
