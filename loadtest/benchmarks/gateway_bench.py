@@ -109,7 +109,7 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace, version:
         f"Command: `python -m loadtest.benchmarks.gateway_bench --requests {args.requests} "
         f"--concurrency {' '.join(map(str, args.concurrency))}`",
         "",
-        "Targets: the retrieval service called directly over gRPC; the gateway's "
+        "Measured: the retrieval service called directly over gRPC; the gateway's "
         "`POST /v1/search`; a bare HTTP -> gRPC pass-through (`loadtest/benchmarks/"
         "passthrough.py`: one ASGI callable under the same uvicorn, no framework, no "
         "validation, no store; the client sends the history), which measures what the extra "

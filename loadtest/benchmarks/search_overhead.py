@@ -37,14 +37,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--beam", type=int, default=20)
+    parser.add_argument("--spin", action="store_true", help="let ORT worker threads spin")
     args = parser.parse_args()
     root = artifact_root()
     version_dir = root / (root / "CURRENT").read_text().strip()
     data = load_from_dir(version_dir, with_embeddings=False)
-    subject = load_subject("serving", version_dir, args.threads)
+    subject = load_subject("serving", version_dir, args.threads, args.spin)
     if args.model == "reference":
         tmp = Path(tempfile.mkdtemp(prefix="search-overhead-"))
-        subject = random_subject("reference", subject, "reference", args.threads, tmp)
+        subject = random_subject("reference", subject, "reference", args.threads, tmp, args.spin)
     queries = test_queries(data, args.queries, seed=7)
     search = make_search(subject, constrained=True)
     run = ours_fn(search, subject.encoder, queries, args.beam)
@@ -59,7 +60,7 @@ def main() -> None:
     times = search.times
     print(
         f"{args.model}: {len(latencies)} queries, batch 1, beam {args.beam}, "
-        f"{args.threads} threads: p50 {np.median(latencies) * 1000:.2f} ms, "
+        f"{args.threads} threads{' spinning' if args.spin else ''}: p50 {np.median(latencies) * 1000:.2f} ms, "
         f"ONNX {times.model / times.calls * 1000:.2f} ms/query, "
         f"search overhead {100 * times.search_overhead():.1f} %, "
         f"trie lookups {100 * times.trie_share():.1f} %"

@@ -8,6 +8,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.config import artifact_root
+from services.gateway.schemas import MIN_TIMEOUT_MS
 
 
 class GatewaySettings(BaseSettings):
@@ -31,7 +32,7 @@ class GatewaySettings(BaseSettings):
     artifact_dir: Path = Field(default_factory=artifact_root)
     artifact_version: str = ""
     # Total budget of one search; each stage gets a share of what remains.
-    request_timeout_ms: int = Field(200, ge=10, le=10_000)
+    request_timeout_ms: int = Field(200, ge=MIN_TIMEOUT_MS, le=10_000)
     result_cache_ttl_seconds: int = Field(30, ge=0)
     qu_cache_ttl_seconds: int = Field(3600, ge=0)
     default_k: int = Field(10, ge=1, le=100)

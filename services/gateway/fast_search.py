@@ -27,6 +27,8 @@ Authorize = Callable[[Mapping[str, str]], Awaitable[None]]
 
 
 def _is_json(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Exactly ``application/json`` (parameters aside); other JSON media types that FastAPI
+    accepts (``application/*+json``) take its route."""
     for name, value in headers:
         if name == b"content-type":
             return value.split(b";", 1)[0].strip().lower() == b"application/json"

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from services.common.text import MAX_QUERY_CHARS, normalize_query
 
 ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,64}$"
+MIN_TIMEOUT_MS = 50
 ItemId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 UserId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 
@@ -49,7 +50,12 @@ class SearchRequest(BaseModel):
     filters: SearchFilters | None = None
     beam_width: int | None = Field(None, ge=1, le=128, description="Override the beam width.")
     timeout_ms: int | None = Field(
-        None, ge=10, le=10_000, description="Total deadline; default from the server config."
+        None,
+        ge=MIN_TIMEOUT_MS,
+        le=10_000,
+        description="Total deadline; default from the server config. At least "
+        f"{MIN_TIMEOUT_MS} ms: one generative decode takes about 10 ms on the 2-core "
+        "reference machine, so a shorter budget could only ever time out.",
     )
     debug: bool = Field(False, description="Include per-stage timings.")
 
