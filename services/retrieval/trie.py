@@ -592,13 +592,11 @@ class SidTrie:
         ``nodes`` are depth-``level`` ids or -1 (whose rows are all False).
         Returns a fresh array.
         """
-        node_arr, live_local = self._check_nodes(level, nodes, self.depth - 1)
+        node_arr, local = self._main_local(level, nodes)
+        if local is not None:
+            return self._core.mask_local(level, local)
         delta = self._delta
-        if delta is None:
-            core = self._core
-            if live_local is None:
-                live_local = core.to_local(level, node_arr)
-            return core.mask_local(level, live_local)
+        assert delta is not None
         main_nodes, delta_nodes = self._split(node_arr, delta)
         out = self._core.mask(level, main_nodes)
         if np.any(delta_nodes >= 0):
@@ -610,13 +608,9 @@ class SidTrie:
         the position in ``nodes`` (ascending), the token (ascending within one node) and
         the child id. The same edges as ``np.nonzero(next_mask(...))`` + ``advance``, in
         the same order, without the dense mask: what a constrained search step needs."""
-        node_arr, live_local = self._check_nodes(level, nodes, self.depth - 1)
-        delta = self._delta
-        if delta is None:
-            core = self._core
-            if live_local is None:
-                live_local = core.to_local(level, node_arr)
-            return core.edges_local(level, live_local)
+        node_arr, local = self._main_local(level, nodes)
+        if local is not None:
+            return self._core.edges_local(level, local)
         index, token = np.nonzero(self.next_mask(level, node_arr))
         index, token = index.astype(np.int64), token.astype(np.int64)
         return index, token, self.advance(level, node_arr[index], token)
@@ -826,6 +820,16 @@ class SidTrie:
         if not ok.all():
             raise InvalidInputError(f"node ids not at depth {level}: {arr[~ok][:5].tolist()}")
         return arr, None
+
+    def _main_local(self, level: int, nodes: npt.ArrayLike) -> tuple[IntArray, IntArray | None]:
+        """Checked depth-``level`` nodes, and their local indices when there is no cold-start
+        delta (the one-trie fast path of masks and edges), else None."""
+        node_arr, live_local = self._check_nodes(level, nodes, self.depth - 1)
+        if self._delta is not None:
+            return node_arr, None
+        if live_local is None:
+            live_local = self._core.to_local(level, node_arr)
+        return node_arr, live_local
 
     def _split(self, nodes: IntArray, delta: _Delta) -> tuple[IntArray, IntArray]:
         """(main ids or -1, delta ids or -1) naming the same prefixes as ``nodes``."""
