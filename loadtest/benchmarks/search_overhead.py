@@ -60,7 +60,8 @@ def main() -> None:
     times = search.times
     print(
         f"{args.model}: {len(latencies)} queries, batch 1, beam {args.beam}, "
-        f"{args.threads} threads{' spinning' if args.spin else ''}: p50 {np.median(latencies) * 1000:.2f} ms, "
+        f"{args.threads} threads{' spinning' if args.spin else ''}: "
+        f"p50 {np.median(latencies) * 1000:.2f} ms, "
         f"ONNX {times.model / times.calls * 1000:.2f} ms/query, "
         f"search overhead {100 * times.search_overhead():.1f} %, "
         f"trie lookups {100 * times.trie_share():.1f} %"
