@@ -7,7 +7,8 @@ JSON request is therefore validated here with the same ``SearchRequest`` model
 (pydantic-core parses the JSON itself) and answered by the same handler as the route. A
 request that is not JSON or does not validate is replayed, body and all, to the FastAPI
 route, so clients get FastAPI's standard 422 document and the OpenAPI schema describes
-exactly what is served.
+exactly what is served. Bodies larger than any valid search are refused with 413 before
+they are read into memory.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from services.gateway.errors import ApiError
 from services.gateway.schemas import SearchRequest
 
 PATH = "/v1/search"
+# A search is small: a query of at most 1,024 characters, up to 1,000 excluded ids of at
+# most 64 characters, a category prefix. Bodies past this are refused with 413 unread.
+MAX_BODY_BYTES = 256 * 1024
 Answer = Callable[[SearchRequest, str], Awaitable[Response]]
 Authorize = Callable[[Mapping[str, str]], Awaitable[None]]
 
@@ -47,39 +51,67 @@ class FastSearchMiddleware:
         self.route = route  # what the metrics middleware reads the route label from
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["path"] != PATH
-            or scope["method"] != "POST"
-            or not _is_json(scope["headers"])
-        ):
+        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # client went away
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        scope["route"] = self.route
+        try:
+            body = await _read_body(scope, receive)
+        except _TooLargeError:
+            await _error(413, f"request body larger than {MAX_BODY_BYTES} bytes")(
+                scope, receive, send
+            )
+            return
+        except _DisconnectedError:
+            return
+        if not _is_json(scope["headers"]):
+            await self.app(scope, _replay(body, receive), send)
+            return
         try:
             request = SearchRequest.model_validate_json(body)
         except ValidationError:
             await self.app(scope, _replay(body, receive), send)
             return
-        scope["route"] = self.route
         try:
             if self.authorize is not None:
                 headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
                 await self.authorize(headers)
             response = await self.answer(request, scope.get("state", {}).get("request_id", ""))
         except ApiError as exc:
-            response = JSONResponse(
-                {"detail": exc.detail}, status_code=exc.status, headers=exc.headers
-            )
+            response = _error(exc.status, exc.detail, exc.headers)
         await response(scope, receive, send)
+
+
+class _TooLargeError(Exception):
+    pass
+
+
+class _DisconnectedError(Exception):
+    pass
+
+
+def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+async def _read_body(scope: Scope, receive: Receive) -> bytes:
+    """The whole request body, refused past :data:`MAX_BODY_BYTES` (declared or sent)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:
+            raise _TooLargeError
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # the client went away
+            raise _DisconnectedError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _TooLargeError
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -9,7 +9,7 @@ import orjson
 from starlette.responses import Response
 
 from services.gateway.errors import ApiError
-from services.gateway.fast_search import FastSearchMiddleware
+from services.gateway.fast_search import MAX_BODY_BYTES, FastSearchMiddleware
 from services.gateway.schemas import SearchRequest
 
 ROUTE = object()
@@ -122,3 +122,20 @@ async def test_api_errors_become_json_with_their_status_and_headers() -> None:
     status, body = await _run(app, scope, [b'{"query": "x"}'])
     assert status == 401
     assert len(calls) == 1  # refused before the search ran
+
+
+async def test_oversized_bodies_are_refused_with_413() -> None:
+    inner, calls = Recorder(), []
+    app = _app(inner, calls)
+    big = b'{"query": "' + b"x" * MAX_BODY_BYTES + b'"}'
+    # sent in pieces, without a declared length
+    pieces = [big[i : i + 65536] for i in range(0, len(big), 65536)]
+    status, body = await _run(app, _scope(), pieces)
+    assert status == 413 and b"larger than" in body
+    # declared too large: refused before reading
+    scope = _scope()
+    scope["headers"].append((b"content-length", str(len(big)).encode()))
+    assert (await _run(app, scope, [b"{}"]))[0] == 413
+    # the limit applies whatever the content type, and nothing reached the search
+    assert (await _run(app, _scope(ctype=b"text/plain"), pieces))[0] == 413
+    assert calls == [] and inner.bodies == []
