@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from loadtest.benchmarks.generative_bench import load_subject, random_subject
-from services.common.config import artifact_root
+from loadtest.benchmarks.generative_bench import current_subject
 from services.retrieval.onnx_generator import DECODER_MODEL, session_options
 
 RUNS = 200
@@ -36,13 +35,7 @@ def main() -> None:
     parser.add_argument("--past", type=int, default=0, help="cached decoder steps")
     parser.add_argument("--source-len", type=int, default=85, help="encoder positions")
     args = parser.parse_args()
-    root = artifact_root()
-    version_dir = root / (root / "CURRENT").read_text().strip()
-    subject = load_subject("serving", version_dir, 1)
-    model_dir = version_dir
-    if args.model == "reference":
-        model_dir = Path(tempfile.mkdtemp(prefix="decoder-profile-"))
-        subject = random_subject("reference", subject, "reference", 1, model_dir)
+    _, subject, model_dir = current_subject(args.model, threads=1)
     m = subject.onnx
     slots = int(m.encoder.get_inputs()[0].shape[-1])
     mask = np.ones((1, args.source_len), np.int64)

@@ -110,6 +110,19 @@ def random_subject(
     )
 
 
+def current_subject(model: str, threads: int, spin: bool = False) -> tuple[Path, Subject, Path]:
+    """(CURRENT artifact version dir, the subject, the dir holding its ``models/``):
+    ``model`` "serving" is the artifact's generator, "reference" seeded random weights at
+    the published reference size over its vocabulary and SIDs."""
+    root = artifact_root()
+    version_dir = root / (root / "CURRENT").read_text().strip()
+    subject = load_subject("serving", version_dir, threads, spin)
+    if model == "serving":
+        return version_dir, subject, version_dir
+    tmp = Path(tempfile.mkdtemp(prefix="genbench-reference-"))
+    return version_dir, random_subject("reference", subject, "reference", threads, tmp, spin), tmp
+
+
 # --------------------------------------------------------------------------- HF reference
 
 

@@ -13,21 +13,17 @@ Prints one line; ``generative_bench`` is the full comparison.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
 from loadtest.benchmarks.generative_bench import (
-    load_subject,
+    current_subject,
     make_search,
     ours_fn,
-    random_subject,
     test_queries,
 )
 from models_export.evaluation.data import load_from_dir
-from services.common.config import artifact_root
 from services.retrieval.beam_search import StepTimes
 
 
@@ -39,13 +35,8 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=20)
     parser.add_argument("--spin", action="store_true", help="let ORT worker threads spin")
     args = parser.parse_args()
-    root = artifact_root()
-    version_dir = root / (root / "CURRENT").read_text().strip()
+    version_dir, subject, _ = current_subject(args.model, args.threads, args.spin)
     data = load_from_dir(version_dir, with_embeddings=False)
-    subject = load_subject("serving", version_dir, args.threads, args.spin)
-    if args.model == "reference":
-        tmp = Path(tempfile.mkdtemp(prefix="search-overhead-"))
-        subject = random_subject("reference", subject, "reference", args.threads, tmp, args.spin)
     queries = test_queries(data, args.queries, seed=7)
     search = make_search(subject, constrained=True)
     run = ours_fn(search, subject.encoder, queries, args.beam)

@@ -26,7 +26,7 @@ PATH = "/v1/search"
 # A search is small: a query of at most 1,024 characters, up to 1,000 excluded ids of at
 # most 64 characters, a category prefix. Bodies past this are refused with 413 unread.
 MAX_BODY_BYTES = 256 * 1024
-Answer = Callable[[SearchRequest, str], Awaitable[Response]]
+AnswerSearch = Callable[[SearchRequest, str], Awaitable[Response]]
 Authorize = Callable[[Mapping[str, str]], Awaitable[None]]
 
 
@@ -43,7 +43,7 @@ class FastSearchMiddleware:
     """Answers well-formed ``POST /v1/search`` requests; passes everything else on."""
 
     def __init__(
-        self, app: ASGIApp, answer: Answer, authorize: Authorize | None, route: object
+        self, app: ASGIApp, answer: AnswerSearch, authorize: Authorize | None, route: object
     ) -> None:
         self.app = app
         self.answer = answer

@@ -458,8 +458,6 @@ class BeamSearch:
                 top_scores, parent, token, edge = _expand_edges(
                     logits, offsets[level], beam, token, scores, widths, b_max
                 )
-                if edge.size:
-                    nodes = np.where(edge >= 0, child[np.maximum(edge, 0)], -1)
             else:
                 t0 = time.perf_counter()
                 logits, new_kv = self.model.step(tokens, past, cross, batch.attention_mask)
@@ -473,7 +471,9 @@ class BeamSearch:
                     SearchResult(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in options
                 ]
             live = np.isfinite(top_scores)
-            if not self.constrained:  # constrained beams are tracked by their trie nodes
+            if self.constrained:  # constrained beams are tracked by their trie nodes
+                nodes = np.where(edge >= 0, child[np.maximum(edge, 0)], -1)
+            else:
                 codes = np.concatenate([codes[q_index, parent], token[:, :, None]], axis=2)
             scores = top_scores
             if level + 1 < layout.depth:

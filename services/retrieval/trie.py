@@ -278,17 +278,9 @@ class _Core:
             if bits.shape[1] * 8 == size:  # the flat unpack is the fastest form
                 return np.unpackbits(rows.reshape(-1)).reshape(batch, size).view(np.bool_)
             return np.unpackbits(rows, axis=1, count=size).view(np.bool_)
-        ptr = self.ptr[level]
-        starts = ptr[local]
-        counts = ptr[local + 1] - starts
         out = np.zeros(batch * size, dtype=bool)
-        ends = np.cumsum(counts)
-        total = int(ends[-1]) if batch else 0
-        if total:
-            # flat child positions starts[i] + 0..counts[i]-1 of every row, in one go
-            pos = np.repeat(starts - (ends - counts), counts) + np.arange(total)
-            flat_row = np.repeat(np.arange(0, batch * size, size), counts)
-            out[flat_row + self.tok[level][pos]] = True
+        index, token, _ = self.edges_local(level, local)
+        out[index * size + token] = True
         return out.reshape(batch, size)
 
     def edges_local(self, level: int, local: AnyInt) -> tuple[IntArray, IntArray, IntArray]:
