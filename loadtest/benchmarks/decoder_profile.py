@@ -23,7 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from loadtest.benchmarks.generative_bench import current_subject
-from services.retrieval.onnx_generator import DECODER_MODEL, session_options
+from services.retrieval.onnx_generator import DECODER_MODEL, kv_names, session_options
 
 RUNS = 200
 
@@ -40,14 +40,14 @@ def main() -> None:
     slots = int(m.encoder.get_inputs()[0].shape[-1])
     mask = np.ones((1, args.source_len), np.int64)
     cross = m.encode(np.zeros((1, args.source_len, slots), np.int64), mask)
-    feeds = {
+    past = np.zeros((args.beams, m.num_heads, args.past, m.d_kv), np.float32)
+    feeds: dict[str, np.ndarray] = {
         "tokens": np.zeros((1, args.beams), np.int64),
-        "past": np.zeros(
-            (m.num_layers, 2, 1, args.beams, m.num_heads, args.past, m.d_kv), np.float32
-        ),
-        "cross_kv": cross,
+        "beam_rows": np.arange(args.beams, dtype=np.int64),
         "attention_mask": mask,
     }
+    feeds.update(zip(kv_names("cross", m.num_layers), cross, strict=True))
+    feeds.update((name, past) for name in kv_names("past", m.num_layers))
     for _ in range(20):
         m.decoder.run(None, feeds)
     start = time.perf_counter()

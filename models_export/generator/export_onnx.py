@@ -1,15 +1,20 @@
 """ONNX export of the generator as two graphs, Triton layout, checked against PyTorch.
 
-* ``generator_encoder``: token slots (Q, S, L), mask (Q, S) → ``cross_kv``
-  (layers, 2, Q, heads, S, d_kv): the
-  encoder runs once per query and every decoder layer's cross-attention K/V are projected
-  once, here, instead of once per beam and step.
+* ``generator_encoder``: token slots (Q, S, L), mask (Q, S) → ``cross_key_i``,
+  ``cross_value_i`` (Q, heads, S, d_kv) for every decoder layer i: the encoder runs once per
+  query and every decoder layer's cross-attention K/V are projected once, here, instead of
+  once per beam and step.
 * ``generator_decoder``: one decoding step for all beams of all queries: last tokens (Q, B),
-  the self-attention cache ``past`` (layers, 2, Q, B, heads, t, d_kv), ``cross_kv``, mask →
-  ``logits`` (Q, B, V_dec) over the decoder vocabulary and ``new_kv`` (this step's K/V,
-  (layers, 2, Q, B, heads, 1, d_kv)). Beams of a query attend to the query's single copy
-  of the cross K/V (the beam axis plays the role of the query-length axis), so nothing is
-  replicated per beam. The caller reorders the cache with the beams and appends ``new_kv``.
+  ``beam_rows`` (Q * B,), mask, the cross K/V and the self-attention cache ``past_key_i``,
+  ``past_value_i`` (rows, heads, t, d_kv) → ``logits`` (Q, B, V_dec) over the decoder
+  vocabulary and the extended cache ``present_key_i``, ``present_value_i``
+  (Q * B, heads, t + 1, d_kv). Row q * B + j of the present extends row ``beam_rows[q * B
+  + j]`` of the past: the beam reorder is a Gather inside the graph, so the caller passes
+  the present back as the next past and copies no K/V. Beams of a query attend to the
+  query's single copy of the cross K/V (the beam axis plays the role of the query-length
+  axis), so nothing is replicated per beam. K/V are separate tensors per layer: a packed
+  (layers, 2, ...) tensor costs a Split/Squeeze on the way in and an Unsqueeze/Concat on
+  the way out of every step.
 
 The same two modules run in PyTorch as :class:`TorchStepModel` (validation during training),
 and are checked against Hugging Face's own T5 forward.
@@ -18,6 +23,7 @@ and are checked against Hugging Face's own T5 forward.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +38,7 @@ from models_export.generator.model import embed_positions, output_scale
 from models_export.triton import write_triton_config
 from services.retrieval.beam_search import StepModel
 from services.retrieval.encoding import DECODER_START_ID, TokenLayout
-from services.retrieval.onnx_generator import DECODER_NAME, ENCODER_NAME, OnnxStepModel
+from services.retrieval.onnx_generator import DECODER_NAME, ENCODER_NAME, OnnxStepModel, kv_names
 
 OPSET = 17
 _MASK_VALUE = -1e9
@@ -40,7 +46,7 @@ _MASK_VALUE = -1e9
 
 class EncoderKV(nn.Module):
     """Position embedding (summed token slots), T5 encoder, and every decoder layer's
-    cross-attention K/V projection."""
+    cross-attention K/V projection: ``cross_key_i``, ``cross_value_i`` per layer."""
 
     def __init__(self, model: T5ForConditionalGeneration) -> None:
         super().__init__()
@@ -51,20 +57,26 @@ class EncoderKV(nn.Module):
         self.n_heads = model.config.num_heads
         self.d_kv = model.config.d_kv
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         embeds = embed_positions(self.model, input_ids)
         hidden = self.encoder(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
         q, s = attention_mask.shape
-        out = []
+        out: list[torch.Tensor] = []
         for attn in self.cross:
-            k = attn.k(hidden).view(q, s, self.n_heads, self.d_kv).transpose(1, 2)
-            v = attn.v(hidden).view(q, s, self.n_heads, self.d_kv).transpose(1, 2)
-            out.append(torch.stack([k, v]))
-        return torch.stack(out)
+            out.append(attn.k(hidden).view(q, s, self.n_heads, self.d_kv).transpose(1, 2))
+            out.append(attn.v(hidden).view(q, s, self.n_heads, self.d_kv).transpose(1, 2))
+        return tuple(out)
 
 
 class DecoderStep(nn.Module):
-    """One cached decoding step of the T5 decoder, written out over HF's own weights."""
+    """One cached decoding step of the T5 decoder, written out over HF's own weights.
+
+    ``forward(tokens, beam_rows, attention_mask, *cross, *past)``: ``cross`` and ``past``
+    are per layer (key, value, key, value, ...); ``beam_rows`` (Q * B,) names, for each
+    beam, the row of ``past`` it extends (the beam reorder happens here, as a Gather).
+    Returns the logits and the extended cache, per layer."""
 
     def __init__(self, model: T5ForConditionalGeneration, decoder_vocab: int) -> None:
         super().__init__()
@@ -76,6 +88,7 @@ class DecoderStep(nn.Module):
             model.lm_head.weight[:decoder_vocab].detach().clone(), requires_grad=False
         )
         self.scale = output_scale(model)
+        self.n_layers = int(cfg.num_decoder_layers)
         self.n_heads = cfg.num_heads
         self.d_kv = cfg.d_kv
         self.num_buckets = cfg.relative_attention_num_buckets
@@ -85,7 +98,7 @@ class DecoderStep(nn.Module):
 
     def position_bias(self, t: int) -> torch.Tensor:
         """Bias (heads, t+1) of the query at position ``t`` over keys 0..t (causal buckets)."""
-        memory = torch.arange(t + 1)  # traced from past.shape: dynamic in the ONNX graph
+        memory = torch.arange(t + 1)  # traced from the past's shape: dynamic in the graph
         bucket = T5Attention._relative_position_bucket(
             memory - t,
             bidirectional=False,
@@ -98,41 +111,46 @@ class DecoderStep(nn.Module):
     def forward(
         self,
         tokens: torch.Tensor,
-        past: torch.Tensor,
-        cross_kv: torch.Tensor,
+        beam_rows: torch.Tensor,
         attention_mask: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        *kv: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        n = self.n_layers
+        cross, past = kv[: 2 * n], kv[2 * n :]
         q, b = tokens.shape
         h, dk = self.n_heads, self.d_kv
-        pos_bias = self.position_bias(past.shape[5])  # (H, t+1)
+        pos_bias = self.position_bias(past[0].shape[2])[:, None, :]  # (H, 1, t+1)
         enc_bias = (1.0 - attention_mask.to(torch.float32))[:, None, None, :] * _MASK_VALUE
         x = self.embed(tokens)
-        new = []
+        present: list[torch.Tensor] = []
         for i, block in enumerate(self.blocks):
             sa_layer, ca_layer, ff_layer = block.layer[0], block.layer[1], block.layer[2]
             sa = sa_layer.SelfAttention
             normed = sa_layer.layer_norm(x)
-            qs = sa.q(normed).view(q, b, h, 1, dk)
-            ks = sa.k(normed).view(q, b, h, 1, dk)
-            vs = sa.v(normed).view(q, b, h, 1, dk)
-            keys = torch.cat([past[i, 0], ks], dim=3)  # (Q, B, H, t+1, dk)
-            values = torch.cat([past[i, 1], vs], dim=3)
-            scores = torch.matmul(qs, keys.transpose(3, 4)) + pos_bias[:, None, :]
+            qs = sa.q(normed).view(q * b, h, 1, dk)
+            keys = torch.cat(
+                [past[2 * i].index_select(0, beam_rows), sa.k(normed).view(q * b, h, 1, dk)], 2
+            )  # (Q * B, H, t+1, dk)
+            values = torch.cat(
+                [past[2 * i + 1].index_select(0, beam_rows), sa.v(normed).view(q * b, h, 1, dk)],
+                2,
+            )
+            scores = torch.matmul(qs, keys.transpose(2, 3)) + pos_bias
             weights = torch.softmax(scores.float(), dim=-1)
             att = torch.matmul(weights, values).reshape(q, b, h * dk)
             x = x + sa.o(att)
             ca = ca_layer.EncDecAttention
             normed = ca_layer.layer_norm(x)
             qc = ca.q(normed).view(q, b, h, dk).transpose(1, 2)  # (Q, H, B, dk)
-            scores = torch.matmul(qc, cross_kv[i, 0].transpose(2, 3)) + enc_bias
+            scores = torch.matmul(qc, cross[2 * i].transpose(2, 3)) + enc_bias
             weights = torch.softmax(scores.float(), dim=-1)
-            att = torch.matmul(weights, cross_kv[i, 1]).transpose(1, 2).reshape(q, b, h * dk)
+            att = torch.matmul(weights, cross[2 * i + 1]).transpose(1, 2).reshape(q, b, h * dk)
             x = x + ca.o(att)
             x = ff_layer(x)
-            new.append(torch.stack([ks, vs]))
+            present += [keys, values]
         x = self.final_norm(x) * self.scale
         logits = torch.matmul(x, self.head.t())
-        return logits, torch.stack(new)
+        return (logits, *present)
 
 
 class TorchStepModel:
@@ -148,21 +166,30 @@ class TorchStepModel:
         self.d_kv = int(cfg.d_kv)
 
     @torch.no_grad()
-    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
         out = self.encoder(torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
-        return np.ascontiguousarray(out.numpy())
+        return [np.ascontiguousarray(t.numpy()) for t in out]
+
+    def empty_cache(self, rows: int) -> list[np.ndarray]:
+        shape = (rows, self.num_heads, 0, self.d_kv)
+        return [np.zeros(shape, np.float32) for _ in range(2 * self.num_layers)]
 
     @torch.no_grad()
     def step(
-        self, tokens: np.ndarray, past: np.ndarray, cross_kv: np.ndarray, attention_mask: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        logits, new_kv = self.decoder(
+        self,
+        tokens: np.ndarray,
+        beam_rows: np.ndarray,
+        cache: Sequence[np.ndarray],
+        cross: Sequence[np.ndarray],
+        attention_mask: np.ndarray,
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        out = self.decoder(
             torch.from_numpy(tokens),
-            torch.from_numpy(past),
-            torch.from_numpy(cross_kv),
+            torch.from_numpy(beam_rows),
             torch.from_numpy(attention_mask),
+            *(torch.from_numpy(np.asarray(a)) for a in (*cross, *cache)),
         )
-        return logits.numpy(), new_kv.numpy()
+        return out[0].numpy(), [t.numpy() for t in out[1:]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +197,7 @@ class ExportReport:
     encoder_path: Path
     decoder_path: Path
     max_abs_diff_cross_kv: float
+    max_abs_diff_step: float  # logits and extended cache, ONNX vs torch, reordered rows
     max_abs_diff_logits_vs_hf: float
     max_abs_diff_logits_onnx: float
     seconds: float
@@ -179,6 +207,7 @@ class ExportReport:
             "encoder": str(self.encoder_path),
             "decoder": str(self.decoder_path),
             "max_abs_diff_cross_kv_onnx_vs_torch": self.max_abs_diff_cross_kv,
+            "max_abs_diff_step_onnx_vs_torch": self.max_abs_diff_step,
             "max_abs_diff_step_logits_torch_vs_hf": self.max_abs_diff_logits_vs_hf,
             "max_abs_diff_step_logits_onnx_vs_hf": self.max_abs_diff_logits_onnx,
             "seconds": round(self.seconds, 2),
@@ -193,7 +222,9 @@ def _example_inputs(
     b: int = 3,
     t: int = 2,
     seed: int = 0,
-) -> tuple[torch.Tensor, ...]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Encoder inputs (ids, mask) and a decoder step's (tokens, beam_rows, past) for Q
+    queries of B beams; ``beam_rows`` reorders and repeats the past's rows, as beams do."""
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, layout.vocab_size, (q, s, layout.depth), generator=gen)
     ids[:, : s // 2, 1:] = 0  # word-like positions: one token, pad slots
@@ -202,9 +233,11 @@ def _example_inputs(
     ids[0, s - 2 :] = 0
     cfg: Any = model.config
     nl, nh, dk = int(cfg.num_decoder_layers), int(cfg.num_heads), int(cfg.d_kv)
-    past = torch.randn(nl, 2, q, b, nh, t, dk, generator=gen)
+    rows_in = q * (b + 1)  # the previous step had one beam more
+    past = [torch.randn(rows_in, nh, t, dk, generator=gen) for _ in range(2 * nl)]
+    beam_rows = torch.randint(0, rows_in, (q * b,), generator=gen)
     tokens = torch.randint(3, layout.decoder_vocab_size, (q, b), generator=gen)
-    return ids, mask, past, tokens
+    return ids, mask, tokens, beam_rows, past
 
 
 def hf_step_logits(
@@ -233,9 +266,10 @@ def check_against_hf(
 ) -> float:
     """Max abs difference between ``step_model``'s cached step logits (default: the torch
     :class:`DecoderStep`) and Hugging Face's own uncached forward, over every step of
-    random SID prefixes for random (partly padded) encoder inputs."""
+    random SID prefixes for random (partly padded) encoder inputs. The cache rows are
+    shuffled between steps (``beam_rows``), so a wrong reorder shows as a difference."""
     model.eval()
-    ids, mask, _, _ = _example_inputs(model, layout, seed=seed)
+    ids, mask, _, _, _ = _example_inputs(model, layout, seed=seed)
     q = ids.shape[0]
     gen = torch.Generator().manual_seed(seed + 1)
     columns = [torch.full((q, 1), DECODER_START_ID, dtype=torch.long)]
@@ -245,15 +279,17 @@ def check_against_hf(
     prefix = torch.cat(columns, dim=1)
     runner: StepModel = TorchStepModel(model, layout) if step_model is None else step_model
     cross = runner.encode(ids.numpy(), mask.numpy())
-    past = np.zeros(
-        (runner.num_layers, 2, q, 1, runner.num_heads, 0, runner.d_kv), dtype=np.float32
-    )
+    cache = runner.empty_cache(q)
+    where = np.arange(q)  # row of query i's hypothesis in ``cache``
     worst = 0.0
+    rng = np.random.default_rng(seed)
     for t in range(prefix.shape[1]):
-        logits, new_kv = runner.step(prefix[:, t : t + 1].numpy(), past, cross, mask.numpy())
-        past = np.concatenate([past, new_kv], axis=5)
+        logits, cache = runner.step(prefix[:, t : t + 1].numpy(), where, cache, cross, mask.numpy())
         hf = hf_step_logits(model, ids, mask, prefix[:, : t + 1])[:, : layout.decoder_vocab_size]
         worst = max(worst, float(np.max(np.abs(logits[:, 0] - hf.numpy()))))
+        perm = rng.permutation(q)  # shuffle the rows: the next step must gather them back
+        cache = [np.ascontiguousarray(a[perm]) for a in cache]
+        where = np.argsort(perm)
     return worst
 
 
@@ -264,13 +300,17 @@ def export_onnx(
     t_start = time.perf_counter()
     model.eval()
     cfg: Any = model.config
+    nl, nh, dk = int(cfg.num_decoder_layers), int(cfg.num_heads), int(cfg.d_kv)
     enc_mod = EncoderKV(model).eval()
     dec_mod = DecoderStep(model, layout.decoder_vocab_size).eval()
-    ids, mask, past, tokens = _example_inputs(model, layout)
+    ids, mask, tokens, beam_rows, past = _example_inputs(model, layout)
     enc_path = models_dir / ENCODER_NAME / "1" / "model.onnx"
     dec_path = models_dir / DECODER_NAME / "1" / "model.onnx"
     enc_path.parent.mkdir(parents=True, exist_ok=True)
     dec_path.parent.mkdir(parents=True, exist_ok=True)
+    cross_names, past_names = kv_names("cross", nl), kv_names("past", nl)
+    present_names = kv_names("present", nl)
+    cross_axes = {0: "queries", 2: "source"}
     with torch.no_grad():
         cross = enc_mod(ids, mask)
         torch.onnx.export(
@@ -280,31 +320,31 @@ def export_onnx(
             dynamo=False,
             opset_version=OPSET,
             input_names=["input_ids", "attention_mask"],
-            output_names=["cross_kv"],
+            output_names=cross_names,
             dynamic_axes={
                 "input_ids": {0: "queries", 1: "source"},  # (Q, S, L) token slots
                 "attention_mask": {0: "queries", 1: "source"},
-                "cross_kv": {2: "queries", 4: "source"},
+                **{name: cross_axes for name in cross_names},
             },
         )
         torch.onnx.export(
             dec_mod,
-            (tokens, past, cross, mask),
+            (tokens, beam_rows, mask, *cross, *past),
             str(dec_path),
             dynamo=False,
             opset_version=OPSET,
-            input_names=["tokens", "past", "cross_kv", "attention_mask"],
-            output_names=["logits", "new_kv"],
+            input_names=["tokens", "beam_rows", "attention_mask", *cross_names, *past_names],
+            output_names=["logits", *present_names],
             dynamic_axes={
                 "tokens": {0: "queries", 1: "beams"},
-                "past": {2: "queries", 3: "beams", 5: "steps"},
-                "cross_kv": {2: "queries", 4: "source"},
+                "beam_rows": {0: "hypotheses"},
                 "attention_mask": {0: "queries", 1: "source"},
+                **{name: cross_axes for name in cross_names},
+                **{name: {0: "past_rows", 2: "steps"} for name in past_names},
                 "logits": {0: "queries", 1: "beams"},
-                "new_kv": {2: "queries", 3: "beams"},
+                **{name: {0: "hypotheses", 2: "steps_plus_one"} for name in present_names},
             },
         )
-    nl, nh, dk = int(cfg.num_decoder_layers), int(cfg.num_heads), int(cfg.d_kv)
     write_triton_config(
         models_dir / ENCODER_NAME / "config.pbtxt",
         name=ENCODER_NAME,
@@ -312,30 +352,44 @@ def export_onnx(
             ("input_ids", "TYPE_INT64", [-1, -1, layout.depth]),
             ("attention_mask", "TYPE_INT64", [-1, -1]),
         ],
-        outputs=[("cross_kv", "TYPE_FP32", [nl, 2, -1, nh, -1, dk])],
+        outputs=[(name, "TYPE_FP32", [-1, nh, -1, dk]) for name in cross_names],
     )
     write_triton_config(
         models_dir / DECODER_NAME / "config.pbtxt",
         name=DECODER_NAME,
         inputs=[
             ("tokens", "TYPE_INT64", [-1, -1]),
-            ("past", "TYPE_FP32", [nl, 2, -1, -1, nh, -1, dk]),
-            ("cross_kv", "TYPE_FP32", [nl, 2, -1, nh, -1, dk]),
+            ("beam_rows", "TYPE_INT64", [-1]),
             ("attention_mask", "TYPE_INT64", [-1, -1]),
+            *((name, "TYPE_FP32", [-1, nh, -1, dk]) for name in (*cross_names, *past_names)),
         ],
         outputs=[
             ("logits", "TYPE_FP32", [-1, -1, layout.decoder_vocab_size]),
-            ("new_kv", "TYPE_FP32", [nl, 2, -1, -1, nh, 1, dk]),
+            *((name, "TYPE_FP32", [-1, nh, -1, dk]) for name in present_names),
         ],
     )
     # parity: ORT vs torch on other shapes than the export example, then ORT steps vs HF
     onnx_model = OnnxStepModel(enc_path, dec_path, intra_op_threads=1)
-    ids2, mask2, _, _ = _example_inputs(model, layout, q=3, s=11, b=4, t=1, seed=5)
+    ids2, mask2, tokens2, rows2, past2 = _example_inputs(model, layout, q=3, s=11, b=4, t=1, seed=5)
     with torch.no_grad():
-        cross_t = enc_mod(ids2, mask2).numpy()
-    diff_cross = float(np.max(np.abs(onnx_model.encode(ids2.numpy(), mask2.numpy()) - cross_t)))
+        cross_t = [a.numpy() for a in enc_mod(ids2, mask2)]
+        step_t = [a.numpy() for a in dec_mod(tokens2, rows2, mask2, *enc_mod(ids2, mask2), *past2)]
+    cross_o = onnx_model.encode(ids2.numpy(), mask2.numpy())
+    diff_cross = max(float(np.max(np.abs(a - b))) for a, b in zip(cross_o, cross_t, strict=True))
+    logits_o, present_o = onnx_model.step(
+        tokens2.numpy(), rows2.numpy(), [a.numpy() for a in past2], cross_o, mask2.numpy()
+    )
+    diff_step = max(
+        float(np.max(np.abs(a - b))) for a, b in zip([logits_o, *present_o], step_t, strict=True)
+    )
     diff_torch = check_against_hf(model, layout)
     diff_onnx = check_against_hf(model, layout, onnx_model)
     return ExportReport(
-        enc_path, dec_path, diff_cross, diff_torch, diff_onnx, time.perf_counter() - t_start
+        enc_path,
+        dec_path,
+        diff_cross,
+        diff_step,
+        diff_torch,
+        diff_onnx,
+        time.perf_counter() - t_start,
     )

@@ -36,24 +36,33 @@ MAX_BEAM_WIDTH = 512
 
 
 class StepModel(Protocol):
-    """The two calls a beam search makes (shapes use Q queries, B beams, S source tokens).
+    """The calls a beam search makes (shapes use Q queries, B beams, S source tokens).
 
-    ``encode``: token slots int64 (Q, S, L), mask (Q, S) → cross K/V float32
-    (layers, 2, Q, heads, S, d_kv).
-    ``step``: last tokens int64 (Q, B), self-attention cache float32
-    (layers, 2, Q, B, heads, t, d_kv), cross K/V, mask → logits float32 (Q, B, V_dec) over
-    the decoder vocabulary and this step's K/V (layers, 2, Q, B, heads, 1, d_kv).
+    ``encode``: token slots int64 (Q, S, L), mask (Q, S) → the cross-attention state (for
+    ONNX: each decoder layer's cross K/V), computed once per query and shared by its beams.
+    ``empty_cache(rows)``: a self-attention cache with no steps for ``rows`` hypotheses.
+    ``step``: last tokens int64 (Q, B), ``beam_rows`` int64 (Q * B,) (the row of ``cache``
+    each beam extends: the beam reorder), the cache, the cross state, mask → logits float32
+    (Q, B, V_dec) over the decoder vocabulary and the extended cache, whose row q * B + j
+    is beam j of query q.
     """
 
     num_layers: int
     num_heads: int
     d_kv: int
 
-    def encode(self, input_ids: IntArray, attention_mask: IntArray) -> FloatArray: ...
+    def encode(self, input_ids: IntArray, attention_mask: IntArray) -> list[FloatArray]: ...
+
+    def empty_cache(self, rows: int) -> list[FloatArray]: ...
 
     def step(
-        self, tokens: IntArray, past: FloatArray, cross_kv: FloatArray, attention_mask: IntArray
-    ) -> tuple[FloatArray, FloatArray]: ...
+        self,
+        tokens: IntArray,
+        beam_rows: IntArray,
+        cache: Sequence[FloatArray],
+        cross: Sequence[FloatArray],
+        attention_mask: IntArray,
+    ) -> tuple[FloatArray, list[FloatArray]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,17 +165,6 @@ def excluded_nodes(
         keep[np.unique(r[alive])] = False
         excl.dead[depth] = parents[keep]
     return excl
-
-
-def _reorder_cache(cache: FloatArray, parent: IntArray) -> FloatArray:
-    """``cache[:, :, q, parent[q, j]]`` for (layers, 2, Q, B, H, t, d) caches, as one take."""
-    nl, two, q_count, width = cache.shape[:4]
-    flat = (np.arange(q_count)[:, None] * width + parent).reshape(-1)
-    rows = cache.reshape(nl * two, q_count * width, -1)
-    out: FloatArray = np.take(rows, flat, axis=1).reshape(
-        nl, two, q_count, parent.shape[1], *cache.shape[4:]
-    )
-    return out
 
 
 def _expand_dense(
@@ -371,37 +369,41 @@ class BeamSearch:
     def _step_some(
         self,
         tokens: IntArray,
-        past: FloatArray,
-        cross: FloatArray,
+        src: IntArray,
+        cache: list[FloatArray],
+        cross: list[FloatArray],
         batch: EncoderBatch,
-        run: npt.NDArray[np.bool_],
-    ) -> tuple[FloatArray, FloatArray, float]:
-        """One decoder step for the beams in ``run`` (Q, W) only; the other beams get zero
-        logits and zero K/V, which nothing reads (see :meth:`_forced`). Returns logits,
-        this step's K/V for every beam and the seconds spent in the model."""
+        run: npt.NDArray[np.bool_] | None,
+    ) -> tuple[FloatArray, list[FloatArray], IntArray, float]:
+        """One decoder step for the beams in ``run`` (Q, W) only (None: all); ``src``
+        (Q, W) is each beam's row in ``cache``. The other beams get zero logits, which
+        nothing reads (see :meth:`_forced`), and no cache row. Returns logits, the new
+        cache, each beam's row in it (-1: none) and the seconds spent in the model."""
         q_count, width = tokens.shape
-        n_run = int(run.sum(axis=1).max()) if run.size else 0
-        vocab = self.layout.decoder_vocab_size
-        kv_shape = (self.model.num_layers, 2, q_count, width, self.model.num_heads, 1)
-        if n_run == width:
+        if run is None or bool(run.all()):
             t0 = time.perf_counter()
-            logits, new_kv = self.model.step(tokens, past, cross, batch.attention_mask)
-            return logits, new_kv, time.perf_counter() - t0
-        logits = np.zeros((q_count, width, vocab), dtype=np.float32)
-        new_kv = np.zeros((*kv_shape, self.model.d_kv), dtype=np.float32)
+            logits, cache = self.model.step(
+                tokens, src.reshape(-1), cache, cross, batch.attention_mask
+            )
+            rows = np.arange(q_count * width, dtype=np.int64).reshape(q_count, width)
+            return logits, cache, rows, time.perf_counter() - t0
+        n_run = int(run.sum(axis=1).max())
+        logits = np.zeros((q_count, width, self.layout.decoder_vocab_size), dtype=np.float32)
+        rows = np.full((q_count, width), -1, dtype=np.int64)
         if n_run == 0:
-            return logits, new_kv, 0.0
-        # the beams that run first, per query (stable: keeps beam order)
+            return logits, cache, rows, 0.0
+        # the beams that run first, per query (stable: keeps beam order); a query with
+        # fewer running beams pads with beams whose results are not read
         order = np.argsort(~run, axis=1, kind="stable")[:, :n_run]
         run_tokens = np.take_along_axis(tokens, order, axis=1)
-        run_past = _reorder_cache(past, order)
+        run_src = np.maximum(np.take_along_axis(src, order, axis=1), 0).reshape(-1)
         t0 = time.perf_counter()
-        run_logits, run_kv = self.model.step(run_tokens, run_past, cross, batch.attention_mask)
+        run_logits, cache = self.model.step(run_tokens, run_src, cache, cross, batch.attention_mask)
         seconds = time.perf_counter() - t0
         q_idx = np.arange(q_count)[:, None]
         logits[q_idx, order] = run_logits
-        new_kv[:, :, q_idx, order] = run_kv
-        return logits, new_kv, seconds
+        rows[q_idx, order] = np.arange(q_count * n_run, dtype=np.int64).reshape(q_count, n_run)
+        return logits, cache, rows, seconds
 
     # ------------------------------------------------------------------ search
 
@@ -426,42 +428,35 @@ class BeamSearch:
         t0 = time.perf_counter()
         cross = self.model.encode(batch.input_ids, batch.attention_mask)
         model_s += time.perf_counter() - t0
-        n_layers, n_heads, d_kv = self.model.num_layers, self.model.num_heads, self.model.d_kv
 
         offsets = layout.level_offsets
         q_index = np.arange(q_count, dtype=np.int64)[:, None]
         tokens = np.full((q_count, 1), DECODER_START_ID, dtype=np.int64)
-        past = np.zeros((n_layers, 2, q_count, 1, n_heads, 0, d_kv), dtype=np.float32)
+        cache = self.model.empty_cache(q_count)
+        src = np.arange(q_count, dtype=np.int64)[:, None]  # each beam's row in ``cache``
         scores = np.zeros((q_count, 1), dtype=np.float32)
         nodes = np.zeros((q_count, 1), dtype=np.int64)  # root
         codes = np.zeros((q_count, 1, 0), dtype=np.int64)
         for level in range(layout.depth):
             width_in = nodes.shape[1]
+            run: npt.NDArray[np.bool_] | None = None
             if self.constrained:
                 t0 = time.perf_counter()
                 beam, token, child = self._edges(level, nodes, groups, exclusions)
-                trie_s += time.perf_counter() - t0
                 if level > 0:
                     # beams whose remaining path is forced need no decoder run: their
                     # score cannot change (exact, see _forced)
-                    t0 = time.perf_counter()
                     counts = np.bincount(beam, minlength=q_count * width_in)
                     forced = self._forced(level, counts, child, groups, width_in)
-                    trie_s += time.perf_counter() - t0
                     run = ~forced.reshape(q_count, width_in)
-                    logits, new_kv, step_s = self._step_some(tokens, past, cross, batch, run)
-                    model_s += step_s
-                else:
-                    t0 = time.perf_counter()
-                    logits, new_kv = self.model.step(tokens, past, cross, batch.attention_mask)
-                    model_s += time.perf_counter() - t0
+                trie_s += time.perf_counter() - t0
+            logits, cache, rows, step_s = self._step_some(tokens, src, cache, cross, batch, run)
+            model_s += step_s
+            if self.constrained:
                 top_scores, parent, token, edge = _expand_edges(
                     logits, offsets[level], beam, token, scores, widths, b_max
                 )
             else:
-                t0 = time.perf_counter()
-                logits, new_kv = self.model.step(tokens, past, cross, batch.attention_mask)
-                model_s += time.perf_counter() - t0
                 top_scores, parent, token = _expand_dense(
                     logits[:, :, layout.level_slice(level)], scores, widths, b_max
                 )
@@ -477,7 +472,7 @@ class BeamSearch:
                 codes = np.concatenate([codes[q_index, parent], token[:, :, None]], axis=2)
             scores = top_scores
             if level + 1 < layout.depth:
-                past = _reorder_cache(np.concatenate([past, new_kv], axis=5), parent)
+                src = rows[q_index, parent]
                 tokens = np.where(live, token + offsets[level], PAD_ID)
         results = self._finish(codes, scores, nodes, options, exclusions, groups)
         self.times.model += model_s

@@ -51,17 +51,36 @@ class KvShape:
 
 
 def _kv_shape(session: ort.InferenceSession) -> KvShape:
-    """(layers, heads, d_kv) read from the decoder's ``past`` input."""
-    for inp in session.get_inputs():
-        if inp.name == "past":
-            dims = inp.shape
-            if len(dims) == 7 and all(isinstance(dims[i], int) for i in (0, 4, 6)):
-                return KvShape(int(dims[0]), int(dims[4]), int(dims[6]))
-    raise ArtifactIntegrityError("decoder graph has no (layers, 2, Q, B, heads, t, d_kv) 'past'")
+    """(layers, heads, d_kv) read from the decoder's per-layer ``past_key_i`` inputs."""
+    past = [i for i in session.get_inputs() if i.name.startswith("past_key_")]
+    values = [i for i in session.get_inputs() if i.name.startswith("past_value_")]
+    dims = past[0].shape if past else []
+    if (
+        not past
+        or len(values) != len(past)
+        or len(dims) != 4
+        or not all(isinstance(dims[i], int) for i in (1, 3))
+    ):
+        raise ArtifactIntegrityError(
+            "decoder graph has no per-layer (rows, heads, t, d_kv) 'past_key_i'/'past_value_i' "
+            "inputs (an artifact exported before the per-layer cache: rebuild it)"
+        )
+    return KvShape(len(past), int(dims[1]), int(dims[3]))
+
+
+def kv_names(kind: str, num_layers: int) -> list[str]:
+    """``{kind}_key_0, {kind}_value_0, {kind}_key_1, ...``: the graphs' per-layer K/V names
+    (``cross`` out of the encoder; ``past`` into, ``present`` out of the decoder)."""
+    return [f"{kind}_{part}_{i}" for i in range(num_layers) for part in ("key", "value")]
 
 
 class OnnxStepModel:
-    """Encoder + decoder-step sessions on ONNX Runtime (CPU by default)."""
+    """Encoder + decoder-step sessions on ONNX Runtime (CPU by default).
+
+    K/V travel per layer, as separate tensors: a packed (layers, 2, ...) tensor made the
+    graph split and re-stack it on every step (a fifth of the decoder's kernel time at the
+    reference size, ``loadtest.benchmarks.decoder_profile``), and the beam reorder of the
+    cache runs inside the graph (a Gather on ``beam_rows``), so numpy never copies K/V."""
 
     def __init__(
         self,
@@ -79,6 +98,9 @@ class OnnxStepModel:
         self.num_heads = shape.num_heads
         self.d_kv = shape.d_kv
         self.decoder_vocab_size = int(self.decoder.get_outputs()[0].shape[-1])
+        self._cross_names = kv_names("cross", self.num_layers)
+        self._past_names = kv_names("past", self.num_layers)
+        self._outputs = ["logits", *kv_names("present", self.num_layers)]
 
     @classmethod
     def from_artifact(
@@ -94,29 +116,33 @@ class OnnxStepModel:
 
     def encode(
         self, input_ids: npt.NDArray[np.int64], attention_mask: npt.NDArray[np.int64]
-    ) -> npt.NDArray[np.float32]:
-        out: Any = self.encoder.run(
-            ["cross_kv"], {"input_ids": input_ids, "attention_mask": attention_mask}
-        )[0]
-        return np.asarray(out)
+    ) -> list[npt.NDArray[np.float32]]:
+        out: list[Any] = self.encoder.run(
+            self._cross_names, {"input_ids": input_ids, "attention_mask": attention_mask}
+        )
+        return out
+
+    def empty_cache(self, rows: int) -> list[npt.NDArray[np.float32]]:
+        shape = (rows, self.num_heads, 0, self.d_kv)
+        return [np.zeros(shape, np.float32) for _ in range(2 * self.num_layers)]
 
     def step(
         self,
         tokens: npt.NDArray[np.int64],
-        past: npt.NDArray[np.float32],
-        cross_kv: npt.NDArray[np.float32],
+        beam_rows: npt.NDArray[np.int64],
+        cache: Sequence[npt.NDArray[np.float32]],
+        cross: Sequence[npt.NDArray[np.float32]],
         attention_mask: npt.NDArray[np.int64],
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        logits, new_kv = self.decoder.run(
-            ["logits", "new_kv"],
-            {
-                "tokens": tokens,
-                "past": np.ascontiguousarray(past),
-                "cross_kv": cross_kv,
-                "attention_mask": attention_mask,
-            },
-        )
-        return np.asarray(logits), np.asarray(new_kv)
+    ) -> tuple[npt.NDArray[np.float32], list[npt.NDArray[np.float32]]]:
+        feeds: dict[str, Any] = {
+            "tokens": tokens,
+            "beam_rows": beam_rows,
+            "attention_mask": attention_mask,
+        }
+        feeds.update(zip(self._cross_names, cross, strict=True))
+        feeds.update(zip(self._past_names, cache, strict=True))
+        out: list[Any] = self.decoder.run(self._outputs, feeds)
+        return out[0], out[1:]
 
 
 class DecodeRequest(Protocol):

@@ -32,10 +32,11 @@ class FakeStepModel:
         self.scale = scale
         self.calls: list[tuple[int, int]] = []
 
-    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        q, s = attention_mask.shape
-        ids = np.where(attention_mask > 0, input_ids[:, :, 0], 0).astype(np.float32)
-        return ids.reshape(1, 1, q, 1, s, 1).repeat(2, axis=1)
+    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
+        return [np.where(attention_mask > 0, input_ids[:, :, 0], 0).astype(np.float32)]
+
+    def empty_cache(self, rows: int) -> list[np.ndarray]:
+        return [np.zeros((rows, 0), np.float32)]  # the cache holds each beam's tokens
 
     def logits_for(self, query: tuple[int, ...], prefix: tuple[int, ...]) -> np.ndarray:
         seed = zlib.crc32(repr((query, prefix)).encode())
@@ -44,18 +45,25 @@ class FakeStepModel:
         return out.astype(np.float32)
 
     def step(
-        self, tokens: np.ndarray, past: np.ndarray, cross_kv: np.ndarray, attention_mask: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self,
+        tokens: np.ndarray,
+        beam_rows: np.ndarray,
+        cache: list[np.ndarray],
+        cross: list[np.ndarray],
+        attention_mask: np.ndarray,
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
         q, b = tokens.shape
         self.calls.append((q, b))
+        prefixes = np.concatenate(
+            [cache[0][beam_rows], tokens.reshape(-1, 1).astype(np.float32)], axis=1
+        )
         logits = np.zeros((q, b, self.layout.decoder_vocab_size), np.float32)
         for i in range(q):
-            query = tuple(int(x) for x in cross_kv[0, 0, i, 0, :, 0] if x != 0)  # unpad
+            query = tuple(int(x) for x in cross[0][i] if x != 0)  # unpad
             for j in range(b):
-                prefix = (*(int(x) for x in past[0, 0, i, j, 0, :, 0]), int(tokens[i, j]))
+                prefix = tuple(int(x) for x in prefixes[i * b + j])
                 logits[i, j] = self.logits_for(query, prefix[1:])  # drop the start token
-        new_kv = tokens.astype(np.float32).reshape(1, 1, q, b, 1, 1, 1).repeat(2, axis=1)
-        return logits, new_kv
+        return logits, [prefixes]
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

@@ -205,6 +205,7 @@ def test_export_matches_hugging_face_and_onnx_search_matches_generate(tmp_path: 
     report = export_onnx(model, layout, tmp_path / "models")
     assert report.max_abs_diff_logits_onnx < 1e-4
     assert report.max_abs_diff_cross_kv < 1e-4
+    assert report.max_abs_diff_step < 1e-4  # logits + extended cache, reordered beam rows
     assert (tmp_path / "models" / "generator_decoder" / "config.pbtxt").is_file()
     onnx = OnnxStepModel.from_artifact(lambda rel: tmp_path / rel, 1)
     assert check_against_hf(model, layout, onnx, seed=9) < 1e-4
