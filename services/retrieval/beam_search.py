@@ -28,6 +28,7 @@ import numpy.typing as npt
 
 from services.common.errors import InvalidInputError
 from services.retrieval.encoding import DECODER_START_ID, PAD_ID, EncoderBatch, TokenLayout
+from services.retrieval.expand_kernel import expand_edges
 from services.retrieval.trie import SidTrie
 
 FloatArray = npt.NDArray[np.float32]
@@ -190,63 +191,6 @@ def _expand_dense(
     return top_scores, top // size, top % size
 
 
-def _expand_edges(
-    logits: FloatArray,
-    offset: int,
-    beam: IntArray,
-    token: IntArray,
-    scores: FloatArray,
-    widths: IntArray,
-    b_max: int,
-) -> tuple[FloatArray, IntArray, IntArray, IntArray]:
-    """Best continuations among the valid (beam, token) edges only.
-
-    ``beam`` (flat Q * W index, ascending) and ``token`` list the edges the trie allows:
-    per-beam log-softmax over its edges by segment reductions, then one sort by
-    (query, -score). Returns scores, parent beam, token and the chosen edge's index
-    (-1 for empty slots), each (Q, width).
-    """
-    q_count, width_in = scores.shape
-    if not beam.size:
-        empty = np.zeros((q_count, 0), np.int64)
-        return np.zeros((q_count, 0), np.float32), empty, empty, empty
-    flat_logits = logits.reshape(q_count * width_in, logits.shape[-1])
-    values = flat_logits[beam, token + offset]
-    # log-softmax per beam over its edges (edges come sorted by beam)
-    change = np.empty(beam.size, dtype=bool)
-    change[0] = True
-    np.not_equal(beam[1:], beam[:-1], out=change[1:])
-    starts = np.flatnonzero(change)
-    segment = np.cumsum(change) - 1
-    top = np.maximum.reduceat(values, starts)
-    shifted = values - top[segment]
-    norm = np.log(np.add.reduceat(np.exp(shifted), starts))
-    cand = scores.reshape(-1)[beam] + (shifted - norm[segment])
-    if q_count == 1:  # the latency-critical case: one sort, no per-query bookkeeping
-        best = np.argsort(-cand, kind="stable")[: min(b_max, int(widths[0]))]
-        return cand[best][None, :], beam[best][None, :], token[best][None, :], best[None, :]
-    query = beam // width_in
-    # sort by query, then best score first (ties: earlier beam/token first)
-    key = query * 1e7 - np.clip(cand.astype(np.float64), -1e6, 0.0)
-    order = np.argsort(key, kind="stable")
-    q_sorted = query[order]
-    counts = np.bincount(q_sorted, minlength=q_count)
-    first = np.cumsum(counts) - counts
-    rank = np.arange(order.size) - first[q_sorted]
-    keep = rank < widths[q_sorted]
-    width = int(min(b_max, np.max(np.minimum(counts, widths))))
-    top_scores = np.full((q_count, width), -np.inf, dtype=np.float32)
-    parent = np.zeros((q_count, width), dtype=np.int64)
-    tok = np.zeros((q_count, width), dtype=np.int64)
-    edge = np.full((q_count, width), -1, dtype=np.int64)
-    qk, rk, chosen = q_sorted[keep], rank[keep], order[keep]
-    top_scores[qk, rk] = cand[chosen]
-    parent[qk, rk] = beam[chosen] - qk * width_in
-    tok[qk, rk] = token[chosen]
-    edge[qk, rk] = chosen
-    return top_scores, parent, tok, edge
-
-
 class BeamSearch:
     """Batched beam search of SIDs; ``constrained=False`` drops the trie (for comparison)."""
 
@@ -376,9 +320,9 @@ class BeamSearch:
         run: npt.NDArray[np.bool_] | None,
     ) -> tuple[FloatArray, list[FloatArray], IntArray, float]:
         """One decoder step for the beams in ``run`` (Q, W) only (None: all); ``src``
-        (Q, W) is each beam's row in ``cache``. The other beams get zero logits, which
-        nothing reads (see :meth:`_forced`), and no cache row. Returns logits, the new
-        cache, each beam's row in it (-1: none) and the seconds spent in the model."""
+        (Q, W) is each beam's row in ``cache``. Returns the logits (rows, V), the new
+        cache, each beam's row in both (-1: the beam did not run; nothing reads its
+        logits, see :meth:`_forced`) and the seconds spent in the model."""
         q_count, width = tokens.shape
         if run is None or bool(run.all()):
             t0 = time.perf_counter()
@@ -386,24 +330,23 @@ class BeamSearch:
                 tokens, src.reshape(-1), cache, cross, batch.attention_mask
             )
             rows = np.arange(q_count * width, dtype=np.int64).reshape(q_count, width)
-            return logits, cache, rows, time.perf_counter() - t0
+            return logits.reshape(q_count * width, -1), cache, rows, time.perf_counter() - t0
         n_run = int(run.sum(axis=1).max())
-        logits = np.zeros((q_count, width, self.layout.decoder_vocab_size), dtype=np.float32)
         rows = np.full((q_count, width), -1, dtype=np.int64)
         if n_run == 0:
-            return logits, cache, rows, 0.0
+            return np.zeros((1, self.layout.decoder_vocab_size), np.float32), cache, rows, 0.0
         # the beams that run first, per query (stable: keeps beam order); a query with
         # fewer running beams pads with beams whose results are not read
         order = np.argsort(~run, axis=1, kind="stable")[:, :n_run]
         run_tokens = np.take_along_axis(tokens, order, axis=1)
         run_src = np.maximum(np.take_along_axis(src, order, axis=1), 0).reshape(-1)
         t0 = time.perf_counter()
-        run_logits, cache = self.model.step(run_tokens, run_src, cache, cross, batch.attention_mask)
+        logits, cache = self.model.step(run_tokens, run_src, cache, cross, batch.attention_mask)
         seconds = time.perf_counter() - t0
-        q_idx = np.arange(q_count)[:, None]
-        logits[q_idx, order] = run_logits
-        rows[q_idx, order] = np.arange(q_count * n_run, dtype=np.int64).reshape(q_count, n_run)
-        return logits, cache, rows, seconds
+        rows[np.arange(q_count)[:, None], order] = np.arange(
+            q_count * n_run, dtype=np.int64
+        ).reshape(q_count, n_run)
+        return logits.reshape(q_count * n_run, -1), cache, rows, seconds
 
     # ------------------------------------------------------------------ search
 
@@ -453,12 +396,15 @@ class BeamSearch:
             logits, cache, rows, step_s = self._step_some(tokens, src, cache, cross, batch, run)
             model_s += step_s
             if self.constrained:
-                top_scores, parent, token, edge = _expand_edges(
-                    logits, offsets[level], beam, token, scores, widths, b_max
+                top_scores, parent, token, edge = expand_edges(
+                    logits, rows.reshape(-1), offsets[level], beam, token, scores, widths, b_max
                 )
             else:
                 top_scores, parent, token = _expand_dense(
-                    logits[:, :, layout.level_slice(level)], scores, widths, b_max
+                    logits.reshape(q_count, width_in, -1)[:, :, layout.level_slice(level)],
+                    scores,
+                    widths,
+                    b_max,
                 )
             width = top_scores.shape[1]
             if width == 0:
