@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from services.common.errors import InvalidInputError
 from services.retrieval.encoding import DECODER_START_ID, PAD_ID, EncoderBatch, TokenLayout
-from services.retrieval.expand_kernel import expand_edges
+from services.retrieval.search_kernels import expand_edges
 from services.retrieval.trie import SidTrie
 
 FloatArray = npt.NDArray[np.float32]

@@ -67,6 +67,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.common.errors import ArtifactIntegrityError, InvalidInputError
+from services.retrieval.search_kernels import csr_edges
 
 FORMAT_NAME = "gensearch-sid-trie"
 FORMAT_VERSION = 1
@@ -286,16 +287,7 @@ class _Core:
     def edges_local(self, level: int, local: AnyInt) -> tuple[IntArray, IntArray, IntArray]:
         """Every edge leaving depth-``level`` local nodes, from the CSR run of each node:
         (position in ``local``, token, global child id), positions ascending."""
-        ptr = self.ptr[level]
-        starts = ptr[local].astype(np.int64)
-        counts = ptr[local + 1] - starts
-        ends = np.cumsum(counts)
-        total = int(ends[-1]) if len(local) else 0
-        index = np.repeat(np.arange(len(local), dtype=np.int64), counts)
-        # flat child positions starts[i] + 0..counts[i]-1 of every node, in one go
-        pos = np.repeat(starts - (ends - counts), counts) + np.arange(total, dtype=np.int64)
-        token = self.tok[level][pos].astype(np.int64)
-        return index, token, pos + np.int64(self.offsets[level + 1])
+        return csr_edges(self.ptr[level], self.tok[level], local, self.offsets[level + 1])
 
     def step_local(self, level: int, local: AnyInt, tokens: AnyInt) -> AnyInt:
         """Depth-(level+1) local children; ``tokens`` must be inside the codebook."""

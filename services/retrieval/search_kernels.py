@@ -1,13 +1,15 @@
-"""The per-level expansion of the constrained beam search as one compiled loop (numba).
+"""The constrained beam search's per-level loops, compiled (numba).
 
-Numpy needs some 25 array calls per level for it (segment log-softmax over the valid
-edges, then a per-query top-k), each a few microseconds on a small array: at batch 1 that
-was the largest share of the search's own time above the ONNX forward passes. The loop
-here does the same arithmetic in one pass over the edges.
+* :func:`expand_edges`: segment log-softmax over the valid edges, then a per-query top-k.
+  Numpy needs some 25 array calls per level for it, each a few microseconds on a small
+  array: at batch 1 that was the largest share of the search's own time above the ONNX
+  forward passes.
+* :func:`csr_edges`: every edge leaving a set of trie nodes, from the trie's CSR arrays
+  (a dozen numpy calls per level before).
 
 Compiled on first use (a few seconds) and cached on disk (``cache=True``: ``__pycache__``
 beside this file, or ``$NUMBA_CACHE_DIR``); the retrieval service's warm-up search triggers
-it before the first request. ``python -m services.retrieval.expand_kernel`` compiles it
+it before the first request. ``python -m services.retrieval.search_kernels`` compiles it
 ahead of time (the container image does, at build).
 """
 
@@ -91,6 +93,42 @@ def _top_per_query(
     return top_scores, parent, tok, edge
 
 
+@numba.njit(cache=True, nogil=True)
+def _csr_edges(
+    ptr: npt.NDArray[np.integer], tok: npt.NDArray[np.integer], local: IntArray, child_base: int
+) -> tuple[IntArray, IntArray, IntArray]:
+    n = local.size
+    total = 0
+    for i in range(n):
+        total += ptr[local[i] + 1] - ptr[local[i]]
+    index = np.empty(total, dtype=np.int64)
+    token = np.empty(total, dtype=np.int64)
+    child = np.empty(total, dtype=np.int64)
+    k = 0
+    for i in range(n):
+        for p in range(ptr[local[i]], ptr[local[i] + 1]):
+            index[k] = i
+            token[k] = tok[p]
+            child[k] = p + child_base
+            k += 1
+    return index, token, child
+
+
+def csr_edges(
+    ptr: npt.NDArray[np.integer],
+    tok: npt.NDArray[np.integer],
+    local: npt.NDArray[np.integer],
+    child_base: int,
+) -> tuple[IntArray, IntArray, IntArray]:
+    """Edges leaving the nodes ``local`` of one trie level stored as CSR (node i's children
+    are positions ``ptr[i]..ptr[i+1]``, their tokens ``tok``): (position in ``local``,
+    token, ``child_base`` + child position), positions ascending, tokens in CSR order."""
+    out: tuple[IntArray, IntArray, IntArray] = _csr_edges(
+        ptr, tok, np.ascontiguousarray(local, dtype=np.int64), int(child_base)
+    )
+    return out
+
+
 def expand_edges(
     logits: FloatArray,
     logit_rows: IntArray,
@@ -128,7 +166,8 @@ def expand_edges(
 
 
 def compile_ahead() -> None:
-    """Compile (or load from the cache) both loops for the types the search passes."""
+    """Compile (or load from the cache) the loops for the types the search passes (the
+    trie's CSR loop compiles per index dtype on first use)."""
     logits = np.zeros((2, 4), np.float32)
     expand_edges(
         logits,

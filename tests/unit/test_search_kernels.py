@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.retrieval.expand_kernel import expand_edges
+from services.retrieval.search_kernels import expand_edges
 
 
 def oracle(
