@@ -30,7 +30,7 @@ from services.retrieval.beam_search import StepTimes
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["serving", "reference"], default="serving")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="ORT intra-op threads")
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--beam", type=int, default=20)
     parser.add_argument("--spin", action="store_true", help="let ORT worker threads spin")
