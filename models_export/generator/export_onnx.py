@@ -53,9 +53,12 @@ class EncoderKV(nn.Module):
         self.model = model
         self.encoder = model.encoder
         blocks: Any = model.decoder.block
-        self.cross: Any = nn.ModuleList(b.layer[1].EncDecAttention for b in blocks)
         self.n_heads = model.config.num_heads
         self.d_kv = model.config.d_kv
+        # every layer's K and V projections stacked: one MatMul instead of 2 per layer
+        attn = [blk.layer[1].EncDecAttention for blk in blocks]
+        stacked = torch.cat([w for a in attn for w in (a.k.weight, a.v.weight)])
+        self.cross_kv = nn.Parameter(stacked.detach().clone(), requires_grad=False)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -63,11 +66,12 @@ class EncoderKV(nn.Module):
         embeds = embed_positions(self.model, input_ids)
         hidden = self.encoder(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
         q, s = attention_mask.shape
-        out: list[torch.Tensor] = []
-        for attn in self.cross:
-            out.append(attn.k(hidden).view(q, s, self.n_heads, self.d_kv).transpose(1, 2))
-            out.append(attn.v(hidden).view(q, s, self.n_heads, self.d_kv).transpose(1, 2))
-        return tuple(out)
+        kv = torch.matmul(hidden, self.cross_kv.t())  # (Q, S, layers * 2 * H * dk)
+        inner = self.n_heads * self.d_kv
+        return tuple(
+            part.reshape(q, s, self.n_heads, self.d_kv).transpose(1, 2)
+            for part in kv.split(inner, dim=-1)
+        )
 
 
 class DecoderStep(nn.Module):
@@ -95,6 +99,12 @@ class DecoderStep(nn.Module):
         self.max_distance = cfg.relative_attention_max_distance
         first: Any = model.decoder.block[0]
         self.rel_bias: Any = first.layer[0].SelfAttention.relative_attention_bias
+        # each layer's Q, K and V projections stacked: one MatMul instead of three
+        blocks: Any = model.decoder.block
+        self.qkv = nn.ParameterList(
+            nn.Parameter(torch.cat([w.q.weight, w.k.weight, w.v.weight]).detach().clone(), False)
+            for w in (blk.layer[0].SelfAttention for blk in blocks)
+        )
 
     def position_bias(self, t: int) -> torch.Tensor:
         """Bias (heads, t+1) of the query at position ``t`` over keys 0..t (causal buckets)."""
@@ -126,15 +136,10 @@ class DecoderStep(nn.Module):
         for i, block in enumerate(self.blocks):
             sa_layer, ca_layer, ff_layer = block.layer[0], block.layer[1], block.layer[2]
             sa = sa_layer.SelfAttention
-            normed = sa_layer.layer_norm(x)
-            qs = sa.q(normed).view(q * b, h, 1, dk)
-            keys = torch.cat(
-                [past[2 * i].index_select(0, beam_rows), sa.k(normed).view(q * b, h, 1, dk)], 2
-            )  # (Q * B, H, t+1, dk)
-            values = torch.cat(
-                [past[2 * i + 1].index_select(0, beam_rows), sa.v(normed).view(q * b, h, 1, dk)],
-                2,
-            )
+            qkv = torch.matmul(sa_layer.layer_norm(x), self.qkv[i].t())  # (Q, B, 3 * H * dk)
+            qs, ks, vs = (part.reshape(q * b, h, 1, dk) for part in qkv.split(h * dk, dim=-1))
+            keys = torch.cat([past[2 * i].index_select(0, beam_rows), ks], 2)  # (Q*B, H, t+1, dk)
+            values = torch.cat([past[2 * i + 1].index_select(0, beam_rows), vs], 2)
             scores = torch.matmul(qs, keys.transpose(2, 3)) + pos_bias
             weights = torch.softmax(scores.float(), dim=-1)
             att = torch.matmul(weights, values).reshape(q, b, h * dk)
