@@ -338,14 +338,13 @@ class BeamSearch:
         # the beams that run first, per query (stable: keeps beam order); a query with
         # fewer running beams pads with beams whose results are not read
         order = np.argsort(~run, axis=1, kind="stable")[:, :n_run]
-        run_tokens = np.take_along_axis(tokens, order, axis=1)
-        run_src = np.maximum(np.take_along_axis(src, order, axis=1), 0).reshape(-1)
+        q_idx = np.arange(q_count)[:, None]
+        run_tokens = tokens[q_idx, order]
+        run_src = np.maximum(src[q_idx, order], 0).reshape(-1)
         t0 = time.perf_counter()
         logits, cache = self.model.step(run_tokens, run_src, cache, cross, batch.attention_mask)
         seconds = time.perf_counter() - t0
-        rows[np.arange(q_count)[:, None], order] = np.arange(
-            q_count * n_run, dtype=np.int64
-        ).reshape(q_count, n_run)
+        rows[q_idx, order] = np.arange(q_count * n_run, dtype=np.int64).reshape(q_count, n_run)
         return logits.reshape(q_count * n_run, -1), cache, rows, seconds
 
     # ------------------------------------------------------------------ search
@@ -451,9 +450,10 @@ class BeamSearch:
             width = sub.shape[1]
             for i, q in enumerate(qs.tolist()):
                 per_leaf[q] = found[i * width : (i + 1) * width]
+        invalid_per_query = np.count_nonzero(live & (leaves < 0), axis=1).tolist()
         out: list[SearchResult] = []
         for q, o in enumerate(options):
-            invalid = int(np.sum(live[q] & (leaves[q] < 0)))
+            invalid = invalid_per_query[q]
             excluded = exclusions[q].rows if q in exclusions else set()
             items: list[int] = []
             item_scores: list[float] = []
