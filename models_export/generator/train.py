@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -59,6 +60,7 @@ from services.retrieval.trie import SidTrie
 @dataclass(slots=True)
 class TrainSettings:
     preset: str = "serving"
+    dropout: float | None = None  # None: the preset's own
     epochs: int = 40
     batch_size: int = 256
     lr: float = 3e-3
@@ -170,6 +172,8 @@ def train(
     trie = SidTrie.build(data.codes, data.codebook_sizes)
     masks = TargetMasks(trie, data.codes) if settings.normalisation == "trie" else None
     arch = PRESETS[settings.preset]
+    if settings.dropout is not None:
+        arch = dataclasses.replace(arch, dropout=settings.dropout)
     model = build_model(layout, arch, settings.seed)
     model.train()
     optimizer = torch.optim.AdamW(
@@ -341,6 +345,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="output directory (default artifacts/runs/generator-<sids>-<preset>)",
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default=d.preset)
+    parser.add_argument(
+        "--dropout", type=float, default=None, help="dropout rate (default: the preset's)"
+    )
     parser.add_argument("--epochs", type=int, default=d.epochs)
     parser.add_argument("--max-minutes", type=float, default=d.max_minutes)
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -388,6 +395,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or artifact_root() / "runs" / f"generator-{label}-{args.preset}"
     settings = TrainSettings(
         preset=args.preset,
+        dropout=args.dropout,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
