@@ -38,7 +38,13 @@ from models_export.generator.model import embed_positions, output_scale
 from models_export.triton import write_triton_config
 from services.retrieval.beam_search import StepModel
 from services.retrieval.encoding import DECODER_START_ID, TokenLayout
-from services.retrieval.onnx_generator import DECODER_NAME, ENCODER_NAME, OnnxStepModel, kv_names
+from services.retrieval.onnx_generator import (
+    DECODER_NAME,
+    ENCODER_NAME,
+    OnnxStepModel,
+    empty_kv_cache,
+    kv_names,
+)
 
 OPSET = 17
 _MASK_VALUE = -1e9
@@ -176,8 +182,7 @@ class TorchStepModel:
         return [np.ascontiguousarray(t.numpy()) for t in out]
 
     def empty_cache(self, rows: int) -> list[np.ndarray]:
-        shape = (rows, self.num_heads, 0, self.d_kv)
-        return [np.zeros(shape, np.float32) for _ in range(2 * self.num_layers)]
+        return empty_kv_cache(self.num_layers, self.num_heads, self.d_kv, rows)
 
     @torch.no_grad()
     def step(
@@ -377,8 +382,9 @@ def export_onnx(
     onnx_model = OnnxStepModel(enc_path, dec_path, intra_op_threads=1)
     ids2, mask2, tokens2, rows2, past2 = _example_inputs(model, layout, q=3, s=11, b=4, t=1, seed=5)
     with torch.no_grad():
-        cross_t = [a.numpy() for a in enc_mod(ids2, mask2)]
-        step_t = [a.numpy() for a in dec_mod(tokens2, rows2, mask2, *enc_mod(ids2, mask2), *past2)]
+        cross_torch = enc_mod(ids2, mask2)
+        cross_t = [a.numpy() for a in cross_torch]
+        step_t = [a.numpy() for a in dec_mod(tokens2, rows2, mask2, *cross_torch, *past2)]
     cross_o = onnx_model.encode(ids2.numpy(), mask2.numpy())
     diff_cross = max(float(np.max(np.abs(a - b))) for a, b in zip(cross_o, cross_t, strict=True))
     logits_o, present_o = onnx_model.step(

@@ -74,6 +74,12 @@ def kv_names(kind: str, num_layers: int) -> list[str]:
     return [f"{kind}_{part}_{i}" for i in range(num_layers) for part in ("key", "value")]
 
 
+def empty_kv_cache(num_layers: int, num_heads: int, d_kv: int, rows: int) -> list[np.ndarray]:
+    """A per-layer (key, value, ...) self-attention cache with no steps for ``rows``."""
+    shape = (rows, num_heads, 0, d_kv)
+    return [np.zeros(shape, np.float32) for _ in range(2 * num_layers)]
+
+
 class OnnxStepModel:
     """Encoder + decoder-step sessions on ONNX Runtime (CPU by default).
 
@@ -123,8 +129,7 @@ class OnnxStepModel:
         return out
 
     def empty_cache(self, rows: int) -> list[npt.NDArray[np.float32]]:
-        shape = (rows, self.num_heads, 0, self.d_kv)
-        return [np.zeros(shape, np.float32) for _ in range(2 * self.num_layers)]
+        return empty_kv_cache(self.num_layers, self.num_heads, self.d_kv, rows)
 
     def step(
         self,

@@ -160,17 +160,21 @@ def expand_edges(
         np.ascontiguousarray(scores, dtype=np.float32).reshape(-1),
     )
     out: tuple[FloatArray, IntArray, IntArray, IntArray] = _top_per_query(
-        cand, beam, token, int(width_in), widths.astype(np.int64), int(b_max)
+        cand, beam, token, int(width_in), np.asarray(widths, dtype=np.int64), int(b_max)
     )
     return out
 
 
 def compile_ahead() -> None:
-    """Compile (or load from the cache) the loops for the types the search passes (the
-    trie's CSR loop compiles per index dtype on first use)."""
-    logits = np.zeros((2, 4), np.float32)
+    """Compile (or load from the cache) the loops for the types a search passes: the
+    expansion, and the CSR listing for the index types of a built trie (a trie read from an
+    artifact may add read-only variants, compiled and cached on first use)."""
+    from services.retrieval.trie import SidTrie  # the trie imports this module
+
+    trie = SidTrie.build(np.asarray([[0, 1], [1, 0], [1, 1]], np.int64), (2, 2))
+    trie.edges(0, trie.root(1))
     expand_edges(
-        logits,
+        np.zeros((2, 4), np.float32),
         np.arange(2, dtype=np.int64),
         1,
         np.asarray([0, 1], np.int64),
