@@ -120,6 +120,13 @@ class MixSettings:
     p_title_query: float = 0.5  # else the category query
     index_repeats: int = 1  # rounds of item-text → SID examples (title, category) per epoch
     max_history: int = 20
+    # History augmentation (training only): a context is cut to its last m items, m uniform
+    # in [1, len], with probability ``p_history_crop``; then each item but the most recent is
+    # dropped with probability ``history_item_dropout``. Without it the generator learns
+    # each user's whole training context by heart and falls apart on the test context, which
+    # it never saw (the validation item appended).
+    p_history_crop: float = 0.0
+    history_item_dropout: float = 0.0
 
 
 @dataclass(slots=True)
@@ -139,6 +146,22 @@ def _query_for(data: TrainingData, item: int, use_title: bool) -> str | None:
     return (title or category) if use_title else (category or title)
 
 
+def augment_history(
+    prefix: npt.NDArray[np.int64], mix: MixSettings, rng: np.random.Generator
+) -> npt.NDArray[np.int64]:
+    """``prefix`` cropped to a random suffix and thinned (see ``MixSettings``); the most
+    recent item always stays."""
+    n = len(prefix)
+    if n > 1 and mix.p_history_crop > 0 and rng.random() < mix.p_history_crop:
+        prefix = prefix[n - int(rng.integers(1, n + 1)) :]
+        n = len(prefix)
+    if n > 1 and mix.history_item_dropout > 0:
+        keep = rng.random(n) >= mix.history_item_dropout
+        keep[-1] = True
+        prefix = prefix[keep]
+    return prefix
+
+
 def sample_epoch(data: TrainingData, mix: MixSettings, rng: np.random.Generator) -> Examples:
     """Draw one epoch of examples (modes and query kinds re-drawn every call)."""
     qs: list[str | None] = []
@@ -154,7 +177,7 @@ def sample_epoch(data: TrainingData, mix: MixSettings, rng: np.random.Generator)
         titles = rng.random(n) < mix.p_title_query
         for j in range(n):
             target = int(history[j])
-            prefix = history[max(0, j - mix.max_history) : j]
+            prefix = augment_history(history[max(0, j - mix.max_history) : j], mix, rng)
             query = _query_for(data, target, bool(titles[j])) if text else None
             if query is None or (j > 0 and draws[j] < mix.p_recommendation):
                 if j == 0:

@@ -367,6 +367,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-index-examples", action="store_true", help="leave out the item-text -> SID examples"
     )
     parser.add_argument(
+        "--history-crop",
+        type=float,
+        default=d.mix.p_history_crop,
+        help="probability of cutting a training context to a random suffix",
+    )
+    parser.add_argument(
+        "--history-dropout",
+        type=float,
+        default=d.mix.history_item_dropout,
+        help="probability of dropping each training-context item (not the most recent)",
+    )
+    parser.add_argument(
         "--no-text", action="store_true", help="ignore item text: recommendation mode only"
     )
     parser.add_argument(
@@ -392,6 +404,7 @@ def run(args: argparse.Namespace) -> int:
         data.title_queries = [None] * data.num_items
         data.vocab_texts = []
     label = args.sids.replace("published:", "").replace("/", "_")
+    d_mix = MixSettings()
     out = args.out or artifact_root() / "runs" / f"generator-{label}-{args.preset}"
     settings = TrainSettings(
         preset=args.preset,
@@ -405,7 +418,12 @@ def run(args: argparse.Namespace) -> int:
         normalisation=args.normalisation,
         threads=args.threads,
         seed=args.seed,
-        mix=MixSettings(index_repeats=0 if args.no_index_examples else 1),
+        mix=dataclasses.replace(
+            d_mix,
+            index_repeats=0 if args.no_index_examples else d_mix.index_repeats,
+            p_history_crop=args.history_crop,
+            history_item_dropout=args.history_dropout,
+        ),
     )
     result = train(data, settings, out, args.sids)
     meta = result.meta

@@ -21,15 +21,20 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from services.common.errors import InvalidInputError
 from services.retrieval.encoding import DECODER_START_ID, PAD_ID, EncoderBatch, TokenLayout
-from services.retrieval.search_kernels import expand_edges
-from services.retrieval.trie import SidTrie
+from services.retrieval.search_kernels import (
+    advance_and_collect,
+    advance_and_plan,
+    expand_edges,
+    plan_first_level,
+)
+from services.retrieval.trie import FlatCsr, SidTrie
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -168,6 +173,34 @@ def excluded_nodes(
     return excl
 
 
+def _packed_exclusions(
+    q_count: int, exclusions: dict[int, _Exclusion]
+) -> tuple[IntArray, IntArray, IntArray, IntArray]:
+    """Each query's excluded trie nodes (every depth; global ids are unique across depths)
+    and item rows, sorted, as flat arrays with (Q + 1,) segment pointers."""
+    if not exclusions:
+        # fresh, writable arrays: numba types a read-only array on its slow path (~30 us)
+        ptr = np.zeros(q_count + 1, dtype=np.int64)
+        return np.zeros(0, np.int64), ptr, np.zeros(0, np.int64), ptr
+    dead: list[IntArray] = []
+    rows: list[IntArray] = []
+    for q in range(q_count):
+        excl = exclusions.get(q)
+        if excl is None:
+            dead.append(np.zeros(0, np.int64))
+            rows.append(np.zeros(0, np.int64))
+        else:
+            dead.append(np.sort(np.concatenate(excl.dead)).astype(np.int64))
+            rows.append(np.asarray(sorted(excl.rows), dtype=np.int64))
+
+    def pack(parts: list[IntArray]) -> tuple[IntArray, IntArray]:
+        ptr = np.zeros(q_count + 1, dtype=np.int64)
+        np.cumsum([len(p) for p in parts], out=ptr[1:])
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64), ptr
+
+    return (*pack(dead), *pack(rows))
+
+
 def _expand_dense(
     level_logits: FloatArray, scores: FloatArray, widths: IntArray, b_max: int
 ) -> tuple[FloatArray, IntArray, IntArray]:
@@ -192,7 +225,11 @@ def _expand_dense(
 
 
 class BeamSearch:
-    """Batched beam search of SIDs; ``constrained=False`` drops the trie (for comparison)."""
+    """Batched beam search of SIDs; ``constrained=False`` drops the trie (for comparison).
+
+    A constrained batch whose queries share one trie without a cold-start delta (what the
+    batcher hands over) runs each level as compiled loops (``_decode_compiled``); anything
+    else takes the numpy path (``_decode_general``). Both give the same results."""
 
     def __init__(
         self,
@@ -202,6 +239,7 @@ class BeamSearch:
         item_codes: npt.ArrayLike,
         *,
         constrained: bool = True,
+        compiled: bool = True,
     ) -> None:
         if trie.depth != layout.depth or tuple(trie.codebook_sizes) != tuple(layout.codebook_sizes):
             raise InvalidInputError(
@@ -213,6 +251,8 @@ class BeamSearch:
         self.trie = trie
         self.item_codes = np.asarray(item_codes, dtype=np.int64)
         self.constrained = constrained
+        self.compiled = compiled  # False: always the general path (tests compare the two)
+        self._no_logits = np.zeros((1, layout.decoder_vocab_size), np.float32)
         self.times = StepTimes()
 
     def add_items(self, item_codes: npt.ArrayLike) -> None:
@@ -353,8 +393,6 @@ class BeamSearch:
         """Decode every query of ``batch`` with its own options; one result per query."""
         self._check(batch, options)
         t_start = time.perf_counter()
-        model_s = trie_s = 0.0
-        layout = self.layout
         q_count = len(options)
         if q_count == 0:
             return []
@@ -369,8 +407,94 @@ class BeamSearch:
 
         t0 = time.perf_counter()
         cross = self.model.encode(batch.input_ids, batch.attention_mask)
-        model_s += time.perf_counter() - t0
+        model_s = time.perf_counter() - t0
+        one_trie = self.constrained and self.compiled and len(groups) == 1
+        flat = groups[0][0].flat_csr() if one_trie else None
+        if flat is not None:
+            results, step_s, trie_s = self._decode_compiled(
+                batch, options, cross, flat, exclusions, widths, b_max
+            )
+        else:
+            results, step_s, trie_s = self._decode_general(
+                batch, options, cross, groups, exclusions, widths, b_max
+            )
+        self.times.model += model_s + step_s
+        self.times.trie += trie_s
+        self.times.total += time.perf_counter() - t_start
+        self.times.calls += 1
+        return results
 
+    def _decode_compiled(
+        self,
+        batch: EncoderBatch,
+        options: Sequence[SearchOptions],
+        cross: list[FloatArray],
+        flat: tuple[FlatCsr, npt.NDArray[np.integer[Any]], IntArray],
+        exclusions: dict[int, _Exclusion],
+        widths: IntArray,
+        b_max: int,
+    ) -> tuple[list[SearchResult], float, float]:
+        """Constrained decoding of queries that share one trie without a cold-start delta:
+        each level is two compiled calls around the decoder step (``search_kernels``), the
+        same search as :meth:`_decode_general`. Returns results, model and trie seconds."""
+        csr, leaf_ptr, leaf_items = flat
+        q_count = len(options)
+        dead, dead_ptr, excluded, excluded_ptr = _packed_exclusions(q_count, exclusions)
+        offsets = self.layout.level_offsets
+        last = self.layout.depth - 1
+        model_s = 0.0
+        t_start = time.perf_counter()
+        cache = self.model.empty_cache(q_count)
+        scores = np.zeros((q_count, 1), dtype=np.float32)
+        beam, token, child, rows, run_tokens, run_src, n_run = plan_first_level(
+            q_count, csr, dead, dead_ptr, DECODER_START_ID
+        )
+        for level in range(last + 1):
+            if n_run:
+                t0 = time.perf_counter()
+                logits, cache = self.model.step(
+                    run_tokens, run_src, cache, cross, batch.attention_mask
+                )
+                model_s += time.perf_counter() - t0
+            else:  # every beam is forced: no decoder run, no logits read
+                logits = self._no_logits
+            if level == last:
+                break
+            scores, beam, token, child, rows, run_tokens, run_src, n_run = advance_and_plan(
+                logits, rows, offsets[level], (beam, token, child), scores, widths, b_max,
+                PAD_ID, level + 1, csr, dead, dead_ptr,
+            )  # fmt: skip
+            if scores.shape[1] == 0:
+                empty = SearchResult(np.zeros(0, np.int64), np.zeros(0, np.float32))
+                return [empty for _ in options], model_s, 0.0
+        ks = np.asarray([o.k for o in options], dtype=np.int64)
+        items, item_scores, found, invalid = advance_and_collect(
+            logits, rows, offsets[last], (beam, token, child), scores, widths, b_max,
+            (leaf_ptr, leaf_items, int(csr.offsets[-2])), excluded, excluded_ptr, ks,
+        )  # fmt: skip
+        results = [
+            SearchResult(items[q, :n].copy(), item_scores[q, :n].copy(), int(invalid[q]))
+            for q, n in enumerate(found.tolist())
+        ]
+        # the compiled calls list the edges and pick the beams in one go: all of their time
+        # counts as the constraint's (the "trie" share)
+        return results, model_s, time.perf_counter() - t_start - model_s
+
+    def _decode_general(
+        self,
+        batch: EncoderBatch,
+        options: Sequence[SearchOptions],
+        cross: list[FloatArray],
+        groups: list[tuple[SidTrie, IntArray]],
+        exclusions: dict[int, _Exclusion],
+        widths: IntArray,
+        b_max: int,
+    ) -> tuple[list[SearchResult], float, float]:
+        """Any batch (several tries, a cold-start delta, unconstrained): numpy per level
+        around the compiled expansion. Returns results, model and trie seconds."""
+        layout = self.layout
+        q_count = len(options)
+        model_s = trie_s = 0.0
         offsets = layout.level_offsets
         q_index = np.arange(q_count, dtype=np.int64)[:, None]
         tokens = np.full((q_count, 1), DECODER_START_ID, dtype=np.int64)
@@ -407,9 +531,8 @@ class BeamSearch:
                 )
             width = top_scores.shape[1]
             if width == 0:
-                return [
-                    SearchResult(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in options
-                ]
+                empty = SearchResult(np.zeros(0, np.int64), np.zeros(0, np.float32))
+                return [empty for _ in options], model_s, trie_s
             live = np.isfinite(top_scores)
             if self.constrained:  # constrained beams are tracked by their trie nodes
                 nodes = np.where(edge >= 0, child[np.maximum(edge, 0)], -1)
@@ -420,11 +543,7 @@ class BeamSearch:
                 src = rows[q_index, parent]
                 tokens = np.where(live, token + offsets[level], PAD_ID)
         results = self._finish(codes, scores, nodes, options, exclusions, groups)
-        self.times.model += model_s
-        self.times.trie += trie_s
-        self.times.total += time.perf_counter() - t_start
-        self.times.calls += 1
-        return results
+        return results, model_s, trie_s
 
     def _finish(
         self,

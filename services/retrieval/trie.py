@@ -55,6 +55,7 @@ without sorting, and refuses unknown formats or inconsistent files.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -145,6 +146,37 @@ def _rank_masks(size: int) -> npt.NDArray[np.uint64]:
 
 
 @dataclass(frozen=True, slots=True)
+class FlatCsr:
+    """Every level's CSR arrays in two flat arrays, for compiled loops that walk several
+    levels (``services.retrieval.search_kernels``): level t's ``ptr`` is
+    ``ptr[ptr_start[t]:ptr_start[t + 1]]`` (positions in level t's ``tok`` run, which is
+    ``tok[tok_start[t]:tok_start[t + 1]]``); ``offsets[d]`` is the global id of the first
+    depth-d node, so child position p of level t is node ``offsets[t + 1] + p``. Leaves:
+    ``leaf_ptr`` / ``leaf_items`` of the core, depth-L local ids."""
+
+    ptr: AnyInt
+    ptr_start: IntArray  # (L + 1,)
+    tok: AnyInt
+    tok_start: IntArray  # (L + 1,)
+    offsets: IntArray  # (L + 2,)
+
+    @classmethod
+    def pack(
+        cls, ptrs: Sequence[AnyInt], toks: Sequence[AnyInt], offsets: Sequence[int]
+    ) -> FlatCsr:
+        def starts(parts: Sequence[AnyInt]) -> IntArray:
+            return np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
+
+        return cls(
+            ptr=np.concatenate(ptrs),
+            ptr_start=starts(ptrs),
+            tok=np.concatenate(toks),
+            tok_start=starts(toks),
+            offsets=np.asarray(offsets, dtype=np.int64),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class _Core:
     """Immutable flat-array trie over a fixed set of items (no delta).
 
@@ -165,6 +197,7 @@ class _Core:
     rank_masks: tuple[npt.NDArray[np.uint64] | None, ...]  # from ``_rank_masks``
     leaf_ptr: AnyInt  # (n_L + 2,)
     leaf_items: IntArray  # item rows in SID order
+    flat: FlatCsr  # ``ptr`` and ``tok`` are views of its arrays
 
     @property
     def depth(self) -> int:
@@ -243,6 +276,9 @@ class _Core:
                 keys.append(key if walks[-1] is None else None)
             parent_local = np.cumsum(first, dtype=np.int64) - 1
 
+        flat = FlatCsr.pack(ptrs, toks, offsets)
+        ptrs = [flat.ptr[a:b] for a, b in itertools.pairwise(flat.ptr_start)]
+        toks = [flat.tok[a:b] for a, b in itertools.pairwise(flat.tok_start)]
         leaf_ptr = np.zeros(counts[depth] + 2, dtype=idx_dtype)
         np.cumsum(np.bincount(parent_local, minlength=counts[depth]), out=leaf_ptr[1:-1])
         leaf_ptr[-1] = leaf_ptr[-2]
@@ -256,7 +292,10 @@ class _Core:
             keys=tuple(keys),
             rank_masks=tuple(rank_masks),
             leaf_ptr=leaf_ptr,
-            leaf_items=np.ascontiguousarray(rows, dtype=np.int64),
+            # writable: the compiled search loops read it, and numba takes a slow path to
+            # type a read-only array on every call
+            leaf_items=np.require(rows, np.int64, ["C", "W"]),
+            flat=flat,
         )
 
     def to_local(self, depth: int, nodes: IntArray) -> IntArray:
@@ -339,7 +378,8 @@ class _Core:
 
     def nbytes(self) -> int:
         arrays: list[np.ndarray[Any, Any] | None] = [self.leaf_ptr, self.leaf_items]
-        arrays += [*self.ptr, *self.tok, *self.walk, *self.bits, *self.keys, *self.rank_masks]
+        arrays += [self.flat.ptr, self.flat.tok]  # ``ptr`` / ``tok`` are views of these
+        arrays += [*self.walk, *self.bits, *self.keys, *self.rank_masks]
         return sum(a.nbytes for a in arrays if a is not None)
 
 
@@ -586,6 +626,15 @@ class SidTrie:
         if np.any(delta_nodes >= 0):
             out |= delta.core.mask(level, delta_nodes)
         return out
+
+    def flat_csr(self) -> tuple[FlatCsr, AnyInt, IntArray] | None:
+        """The main trie's CSR levels and leaves (``leaf_ptr``, ``leaf_items``) for the
+        compiled search loops; None while a cold-start delta exists (node ids then span two
+        tries: callers take the general path)."""
+        if self._delta is not None:
+            return None
+        core = self._core
+        return core.flat, core.leaf_ptr, core.leaf_items
 
     def edges(self, level: int, nodes: npt.ArrayLike) -> tuple[IntArray, IntArray, IntArray]:
         """Every edge leaving ``nodes`` (depth-``level`` ids; -1 has none) as three arrays:

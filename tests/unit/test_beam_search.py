@@ -393,3 +393,67 @@ def test_forced_paths_in_a_batch_of_several_tries_answer_as_alone() -> None:
         allowed = np.arange(len(codes)) if o.trie is None else np.asarray(o.trie._all_rows())
         exact = brute_force(FakeStepModel(layout), o.trie or trie, codes, tuple(query), allowed)
         assert res.items.tolist() == sorted(exact, key=lambda r: -exact[r])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 80),
+    widths=st.lists(st.integers(1, 16), min_size=1, max_size=4),
+    ks=st.lists(st.integers(1, 16), min_size=4, max_size=4),
+    exclude_share=st.sampled_from([0.0, 0.1, 0.5]),
+    collisions=st.booleans(),
+    subset=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
+def test_compiled_levels_match_the_general_path(
+    n: int,
+    widths: list[int],
+    ks: list[int],
+    exclude_share: float,
+    collisions: bool,
+    subset: bool,
+    seed: int,
+) -> None:
+    """The compiled per-level loops (one trie, no delta) give the general numpy path's
+    items, scores and decoder calls, with exclusions, collisions, forced paths, a category
+    sub-trie and several beam widths in one batch."""
+    sizes = (5, 3, 4, 2)
+    layout = TokenLayout(sizes, n_words=4)
+    rng = np.random.default_rng(seed)
+    codes = make_catalog(n, sizes, seed=seed, unique=not collisions)
+    trie = SidTrie.build(codes, sizes)
+    if subset:
+        trie = trie.subset(np.flatnonzero(codes[:, 0] % 2 == 0))
+    queries = [[int(x) for x in rng.integers(1, 50, 1 + i)] for i in range(len(widths))]
+    options = []
+    for i, w in enumerate(widths):
+        drop = np.flatnonzero(rng.random(len(codes)) < exclude_share)
+        options.append(
+            SearchOptions(beam_width=w, k=ks[i], trie=trie, exclude=drop if drop.size else None)
+        )
+    out = {}
+    for compiled in (True, False):
+        model = FakeStepModel(layout, scale=3.0)
+        search = BeamSearch(model, layout, trie, codes, compiled=compiled)
+        out[compiled] = (search.search(batch_of(queries), options), model.calls)
+    (fast, fast_calls), (general, general_calls) = out[True], out[False]
+    assert fast_calls == general_calls
+    for a, b in zip(fast, general, strict=True):
+        assert a.items.tolist() == b.items.tolist()
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+        assert a.invalid_sids == b.invalid_sids == 0
+
+
+def test_a_cold_start_delta_takes_the_general_path() -> None:
+    sizes = (4, 4, 4)
+    layout = TokenLayout(sizes, n_words=2)
+    codes = make_catalog(30, sizes, seed=3)
+    trie = SidTrie.build(codes[:25], sizes)
+    assert trie.flat_csr() is not None
+    trie.add_items(codes[25:])
+    assert trie.flat_csr() is None
+    wide = SearchOptions(beam_width=len(codes), k=len(codes))
+    model = FakeStepModel(layout)
+    res = BeamSearch(model, layout, trie, codes).search(batch_of([[5]]), [wide])[0]
+    exact = brute_force(model, trie, codes, (5,), np.arange(len(codes)))
+    assert res.items.tolist() == sorted(exact, key=lambda r: -exact[r])

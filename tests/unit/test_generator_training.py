@@ -11,10 +11,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from models_export import ingest
 from models_export.evaluation.protocol import RECOMMENDATION, EvalQuery
-from models_export.generator.dataset import MixSettings, load_training_data, sample_epoch
+from models_export.generator.dataset import (
+    MixSettings,
+    augment_history,
+    load_training_data,
+    sample_epoch,
+)
 from models_export.generator.export_onnx import check_against_hf
 from models_export.generator.model import PRESETS, build_model
 from models_export.generator.retriever import open_onnx_retriever
@@ -180,6 +187,37 @@ def test_training_examples_come_from_training_histories_only(tmp_path: Path) -> 
     assert kinds == {(True, False), (False, False), (False, True)}
     with_index = sample_epoch(data, MixSettings(index_repeats=1), np.random.default_rng(0))
     assert len(with_index) == len(ex) + 2 * len(items)  # title and category text per item
+
+
+@given(
+    n=st.integers(0, 25),
+    crop=st.sampled_from([0.0, 0.5, 1.0]),
+    dropout=st.sampled_from([0.0, 0.3, 0.9]),
+    seed=st.integers(0, 1000),
+)
+def test_history_augmentation_keeps_an_ordered_subsequence_ending_in_the_last_item(
+    n: int, crop: float, dropout: float, seed: int
+) -> None:
+    prefix = np.arange(100, 100 + n, dtype=np.int64)
+    mix = MixSettings(p_history_crop=crop, history_item_dropout=dropout)
+    out = augment_history(prefix, mix, np.random.default_rng(seed))
+    if n == 0:
+        assert out.size == 0
+        return
+    assert out[-1] == prefix[-1]  # the most recent item always stays
+    assert np.all(np.diff(out) > 0) and set(out.tolist()) <= set(prefix.tolist())
+    if crop == 0.0 and dropout == 0.0:
+        assert np.array_equal(out, prefix)
+
+
+def test_history_augmentation_changes_contexts_but_not_targets(tmp_path: Path) -> None:
+    items, users, codes = tiny_catalog()
+    data = load_training_data(write_tables(tmp_path, items, users), codes, SIZES)
+    plain = sample_epoch(data, MixSettings(index_repeats=0), np.random.default_rng(0))
+    mix = MixSettings(index_repeats=0, p_history_crop=1.0, history_item_dropout=0.5)
+    augmented = sample_epoch(data, mix, np.random.default_rng(0))
+    assert np.array_equal(plain.targets, augmented.targets)
+    assert sum(len(h) for h in augmented.histories) < sum(len(h) for h in plain.histories)
 
 
 def test_published_index_is_a_sid_source(tmp_path: Path) -> None:
