@@ -23,7 +23,12 @@ import numpy as np
 import onnxruntime as ort
 
 from loadtest.benchmarks.generative_bench import current_subject
-from services.retrieval.onnx_generator import DECODER_MODEL, kv_names, session_options
+from services.retrieval.onnx_generator import (
+    DECODER_MODEL,
+    cross_names,
+    kv_names,
+    session_options,
+)
 
 RUNS = 200
 
@@ -44,9 +49,8 @@ def main() -> None:
     feeds: dict[str, np.ndarray] = {
         "tokens": np.zeros((1, args.beams), np.int64),
         "beam_rows": np.arange(args.beams, dtype=np.int64),
-        "attention_mask": mask,
     }
-    feeds.update(zip(kv_names("cross", m.num_layers), cross, strict=True))
+    feeds.update(zip(cross_names(m.num_layers), cross, strict=True))
     feeds.update((name, past) for name in kv_names("past", m.num_layers))
     for _ in range(20):
         m.decoder.run(None, feeds)

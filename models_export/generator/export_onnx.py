@@ -1,11 +1,12 @@
 """ONNX export of the generator as two graphs, Triton layout, checked against PyTorch.
 
 * ``generator_encoder``: token slots (Q, S, L), mask (Q, S) → ``cross_key_i``,
-  ``cross_value_i`` (Q, heads, S, d_kv) for every decoder layer i: the encoder runs once per
-  query and every decoder layer's cross-attention K/V are projected once, here, instead of
-  once per beam and step.
+  ``cross_value_i`` (Q, heads, S, d_kv) for every decoder layer i and ``cross_bias`` (Q, 1,
+  1, S), the source mask as an additive bias: the encoder runs once per query and every
+  decoder layer's cross-attention K/V are projected once, here, instead of once per beam and
+  step (the bias, too, was five kernels per step).
 * ``generator_decoder``: one decoding step for all beams of all queries: last tokens (Q, B),
-  ``beam_rows`` (Q * B,), mask, the cross K/V and the self-attention cache ``past_key_i``,
+  ``beam_rows`` (Q * B,), the encoder's outputs and the self-attention cache ``past_key_i``,
   ``past_value_i`` (rows, heads, t, d_kv) → ``logits`` (Q, B, V_dec) over the decoder
   vocabulary and the extended cache ``present_key_i``, ``present_value_i``
   (Q * B, heads, t + 1, d_kv). Row q * B + j of the present extends row ``beam_rows[q * B
@@ -26,7 +27,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -39,15 +40,23 @@ from models_export.triton import write_triton_config
 from services.retrieval.beam_search import StepModel
 from services.retrieval.encoding import DECODER_START_ID, TokenLayout
 from services.retrieval.onnx_generator import (
+    CROSS_BIAS,
     DECODER_NAME,
     ENCODER_NAME,
     OnnxStepModel,
+    cross_names,
     empty_kv_cache,
     kv_names,
 )
 
 OPSET = 17
 _MASK_VALUE = -1e9
+
+
+def max_steps(layout: TokenLayout) -> int:
+    """Decoder steps the exported graph supports: one per SID level, plus two spare ones
+    (the export's example inputs carry two cached steps whatever the depth)."""
+    return layout.depth + 2
 
 
 class EncoderKV(nn.Module):
@@ -74,21 +83,27 @@ class EncoderKV(nn.Module):
         q, s = attention_mask.shape
         kv = torch.matmul(hidden, self.cross_kv.t())  # (Q, S, layers * 2 * H * dk)
         inner = self.n_heads * self.d_kv
-        return tuple(
-            part.reshape(q, s, self.n_heads, self.d_kv).transpose(1, 2)
-            for part in kv.split(inner, dim=-1)
+        bias = (1.0 - attention_mask.to(torch.float32))[:, None, None, :] * _MASK_VALUE
+        return (
+            *(
+                part.reshape(q, s, self.n_heads, self.d_kv).transpose(1, 2)
+                for part in kv.split(inner, dim=-1)
+            ),
+            bias,
         )
 
 
 class DecoderStep(nn.Module):
     """One cached decoding step of the T5 decoder, written out over HF's own weights.
 
-    ``forward(tokens, beam_rows, attention_mask, *cross, *past)``: ``cross`` and ``past``
-    are per layer (key, value, key, value, ...); ``beam_rows`` (Q * B,) names, for each
+    ``forward(tokens, beam_rows, *cross, cross_bias, *past)``: ``cross`` and ``past`` are
+    per layer (key, value, key, value, ...); ``beam_rows`` (Q * B,) names, for each
     beam, the row of ``past`` it extends (the beam reorder happens here, as a Gather).
     Returns the logits and the extended cache, per layer."""
 
-    def __init__(self, model: T5ForConditionalGeneration, decoder_vocab: int) -> None:
+    def __init__(
+        self, model: T5ForConditionalGeneration, decoder_vocab: int, max_steps: int
+    ) -> None:
         super().__init__()
         cfg: Any = model.config
         self.embed = model.decoder.embed_tokens
@@ -104,7 +119,14 @@ class DecoderStep(nn.Module):
         self.num_buckets = cfg.relative_attention_num_buckets
         self.max_distance = cfg.relative_attention_max_distance
         first: Any = model.decoder.block[0]
-        self.rel_bias: Any = first.layer[0].SelfAttention.relative_attention_bias
+        rel_bias: Any = first.layer[0].SelfAttention.relative_attention_bias
+        # the self-attention position bias of every step, computed here once: in the graph
+        # the bucket arithmetic was ~20 small kernels per step; now it is a row lookup
+        table = torch.zeros(max_steps, self.n_heads, max_steps)
+        with torch.no_grad():
+            for t in range(max_steps):
+                table[t, :, : t + 1] = self.position_bias(rel_bias, t)
+        self.register_buffer("bias_table", table, persistent=False)
         # each layer's Q, K and V projections stacked: one MatMul instead of three
         blocks: Any = model.decoder.block
         self.qkv = nn.ParameterList(
@@ -112,55 +134,57 @@ class DecoderStep(nn.Module):
             for w in (blk.layer[0].SelfAttention for blk in blocks)
         )
 
-    def position_bias(self, t: int) -> torch.Tensor:
+    def position_bias(self, rel_bias: nn.Embedding, t: int) -> torch.Tensor:
         """Bias (heads, t+1) of the query at position ``t`` over keys 0..t (causal buckets)."""
-        memory = torch.arange(t + 1)  # traced from the past's shape: dynamic in the graph
+        memory = torch.arange(t + 1)
         bucket = T5Attention._relative_position_bucket(
             memory - t,
             bidirectional=False,
             num_buckets=self.num_buckets,
             max_distance=self.max_distance,
         )
-        bias: torch.Tensor = self.rel_bias(bucket).transpose(0, 1)
+        bias: torch.Tensor = rel_bias(bucket).transpose(0, 1)
         return bias
 
     def forward(
         self,
         tokens: torch.Tensor,
         beam_rows: torch.Tensor,
-        attention_mask: torch.Tensor,
         *kv: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
         n = self.n_layers
-        cross, past = kv[: 2 * n], kv[2 * n :]
+        cross, enc_bias, past = kv[: 2 * n], kv[2 * n], kv[2 * n + 1 :]
         q, b = tokens.shape
         h, dk = self.n_heads, self.d_kv
-        pos_bias = self.position_bias(past[0].shape[2])[:, None, :]  # (H, 1, t+1)
-        enc_bias = (1.0 - attention_mask.to(torch.float32))[:, None, None, :] * _MASK_VALUE
-        x = self.embed(tokens)
+        t = past[0].shape[2]  # traced from the past's shape: dynamic in the graph
+        table = cast(torch.Tensor, self.bias_table)
+        pos_bias = table[t, :, : t + 1][:, None, :]  # (H, 1, t+1)
+        # the hidden state stays (1, Q * B, d): row-wise ops need no shape, and the reshapes
+        # below use constant shapes (no shape arithmetic kernels in the graph)
+        x = self.embed(tokens.reshape(1, -1))
         present: list[torch.Tensor] = []
         for i, block in enumerate(self.blocks):
             sa_layer, ca_layer, ff_layer = block.layer[0], block.layer[1], block.layer[2]
             sa = sa_layer.SelfAttention
-            qkv = torch.matmul(sa_layer.layer_norm(x), self.qkv[i].t())  # (Q, B, 3 * H * dk)
-            qs, ks, vs = (part.reshape(q * b, h, 1, dk) for part in qkv.split(h * dk, dim=-1))
+            qkv = torch.matmul(sa_layer.layer_norm(x), self.qkv[i].t())  # (1, Q*B, 3 * H * dk)
+            qs, ks, vs = qkv.reshape(-1, 3 * h, 1, dk).split(h, dim=1)  # (Q*B, H, 1, dk) each
             keys = torch.cat([past[2 * i].index_select(0, beam_rows), ks], 2)  # (Q*B, H, t+1, dk)
             values = torch.cat([past[2 * i + 1].index_select(0, beam_rows), vs], 2)
             scores = torch.matmul(qs, keys.transpose(2, 3)) + pos_bias
             weights = torch.softmax(scores.float(), dim=-1)
-            att = torch.matmul(weights, values).reshape(q, b, h * dk)
+            att = torch.matmul(weights, values).reshape(1, -1, h * dk)
             x = x + sa.o(att)
             ca = ca_layer.EncDecAttention
             normed = ca_layer.layer_norm(x)
-            qc = ca.q(normed).view(q, b, h, dk).transpose(1, 2)  # (Q, H, B, dk)
+            qc = ca.q(normed).reshape(q, -1, h, dk).transpose(1, 2)  # (Q, H, B, dk)
             scores = torch.matmul(qc, cross[2 * i].transpose(2, 3)) + enc_bias
             weights = torch.softmax(scores.float(), dim=-1)
-            att = torch.matmul(weights, cross[2 * i + 1]).transpose(1, 2).reshape(q, b, h * dk)
+            att = torch.matmul(weights, cross[2 * i + 1]).transpose(1, 2).reshape(1, -1, h * dk)
             x = x + ca.o(att)
             x = ff_layer(x)
             present += [keys, values]
         x = self.final_norm(x) * self.scale
-        logits = torch.matmul(x, self.head.t())
+        logits = torch.matmul(x, self.head.t()).reshape(q, b, self.head.shape[0])
         return (logits, *present)
 
 
@@ -170,7 +194,7 @@ class TorchStepModel:
     def __init__(self, model: T5ForConditionalGeneration, layout: TokenLayout) -> None:
         model.eval()
         self.encoder = EncoderKV(model).eval()
-        self.decoder = DecoderStep(model, layout.decoder_vocab_size).eval()
+        self.decoder = DecoderStep(model, layout.decoder_vocab_size, max_steps(layout)).eval()
         cfg: Any = model.config
         self.num_layers = int(cfg.num_decoder_layers)
         self.num_heads = int(cfg.num_heads)
@@ -191,12 +215,10 @@ class TorchStepModel:
         beam_rows: np.ndarray,
         cache: Sequence[np.ndarray],
         cross: Sequence[np.ndarray],
-        attention_mask: np.ndarray,
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         out = self.decoder(
             torch.from_numpy(tokens),
             torch.from_numpy(beam_rows),
-            torch.from_numpy(attention_mask),
             *(torch.from_numpy(np.asarray(a)) for a in (*cross, *cache)),
         )
         return out[0].numpy(), [t.numpy() for t in out[1:]]
@@ -294,13 +316,35 @@ def check_against_hf(
     worst = 0.0
     rng = np.random.default_rng(seed)
     for t in range(prefix.shape[1]):
-        logits, cache = runner.step(prefix[:, t : t + 1].numpy(), where, cache, cross, mask.numpy())
+        logits, cache = runner.step(prefix[:, t : t + 1].numpy(), where, cache, cross)
         hf = hf_step_logits(model, ids, mask, prefix[:, : t + 1])[:, : layout.decoder_vocab_size]
         worst = max(worst, float(np.max(np.abs(logits[:, 0] - hf.numpy()))))
         perm = rng.permutation(q)  # shuffle the rows: the next step must gather them back
         cache = [np.ascontiguousarray(a[perm]) for a in cache]
         where = np.argsort(perm)
     return worst
+
+
+def fuse_norms(path: Path) -> None:
+    """Rewrite the graph at ``path`` with ONNX Runtime's T5 fusions of the RMS norms: each
+    residual Add + norm becomes one ``SkipSimplifiedLayerNormalization`` (ORT's own graph
+    optimiser fuses the norm but not the Add: a decoder step was ~150 kernels, each a few
+    microseconds at batch 1). Attention fusion stays off: it expects HF's own T5 graph, not
+    this one's shared cross K/V and in-graph beam reorder."""
+    from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    options = FusionOptions("t5")
+    options.enable_attention = False
+    fused = optimizer.optimize_model(
+        str(path),
+        model_type="t5",
+        num_heads=0,  # only attention fusion reads these
+        hidden_size=0,
+        opt_level=0,
+        optimization_options=options,
+    )
+    fused.save_model_to_file(str(path))
 
 
 def export_onnx(
@@ -312,13 +356,13 @@ def export_onnx(
     cfg: Any = model.config
     nl, nh, dk = int(cfg.num_decoder_layers), int(cfg.num_heads), int(cfg.d_kv)
     enc_mod = EncoderKV(model).eval()
-    dec_mod = DecoderStep(model, layout.decoder_vocab_size).eval()
+    dec_mod = DecoderStep(model, layout.decoder_vocab_size, max_steps(layout)).eval()
     ids, mask, tokens, beam_rows, past = _example_inputs(model, layout)
     enc_path = models_dir / ENCODER_NAME / "1" / "model.onnx"
     dec_path = models_dir / DECODER_NAME / "1" / "model.onnx"
     enc_path.parent.mkdir(parents=True, exist_ok=True)
     dec_path.parent.mkdir(parents=True, exist_ok=True)
-    cross_names, past_names = kv_names("cross", nl), kv_names("past", nl)
+    enc_names, past_names = cross_names(nl), kv_names("past", nl)
     present_names = kv_names("present", nl)
     cross_axes = {0: "queries", 2: "source"}
     with torch.no_grad():
@@ -330,31 +374,34 @@ def export_onnx(
             dynamo=False,
             opset_version=OPSET,
             input_names=["input_ids", "attention_mask"],
-            output_names=cross_names,
+            output_names=enc_names,
             dynamic_axes={
                 "input_ids": {0: "queries", 1: "source"},  # (Q, S, L) token slots
                 "attention_mask": {0: "queries", 1: "source"},
-                **{name: cross_axes for name in cross_names},
+                **{name: cross_axes for name in enc_names[:-1]},
+                CROSS_BIAS: {0: "queries", 3: "source"},
             },
         )
         torch.onnx.export(
             dec_mod,
-            (tokens, beam_rows, mask, *cross, *past),
+            (tokens, beam_rows, *cross, *past),
             str(dec_path),
             dynamo=False,
             opset_version=OPSET,
-            input_names=["tokens", "beam_rows", "attention_mask", *cross_names, *past_names],
+            input_names=["tokens", "beam_rows", *enc_names, *past_names],
             output_names=["logits", *present_names],
             dynamic_axes={
                 "tokens": {0: "queries", 1: "beams"},
                 "beam_rows": {0: "hypotheses"},
-                "attention_mask": {0: "queries", 1: "source"},
-                **{name: cross_axes for name in cross_names},
+                **{name: cross_axes for name in enc_names[:-1]},
+                CROSS_BIAS: {0: "queries", 3: "source"},
                 **{name: {0: "past_rows", 2: "steps"} for name in past_names},
                 "logits": {0: "queries", 1: "beams"},
                 **{name: {0: "hypotheses", 2: "steps_plus_one"} for name in present_names},
             },
         )
+    for path in (enc_path, dec_path):
+        fuse_norms(path)
     write_triton_config(
         models_dir / ENCODER_NAME / "config.pbtxt",
         name=ENCODER_NAME,
@@ -362,7 +409,10 @@ def export_onnx(
             ("input_ids", "TYPE_INT64", [-1, -1, layout.depth]),
             ("attention_mask", "TYPE_INT64", [-1, -1]),
         ],
-        outputs=[(name, "TYPE_FP32", [-1, nh, -1, dk]) for name in cross_names],
+        outputs=[
+            *((name, "TYPE_FP32", [-1, nh, -1, dk]) for name in enc_names[:-1]),
+            (CROSS_BIAS, "TYPE_FP32", [-1, 1, 1, -1]),
+        ],
     )
     write_triton_config(
         models_dir / DECODER_NAME / "config.pbtxt",
@@ -370,8 +420,9 @@ def export_onnx(
         inputs=[
             ("tokens", "TYPE_INT64", [-1, -1]),
             ("beam_rows", "TYPE_INT64", [-1]),
-            ("attention_mask", "TYPE_INT64", [-1, -1]),
-            *((name, "TYPE_FP32", [-1, nh, -1, dk]) for name in (*cross_names, *past_names)),
+            *((name, "TYPE_FP32", [-1, nh, -1, dk]) for name in enc_names[:-1]),
+            (CROSS_BIAS, "TYPE_FP32", [-1, 1, 1, -1]),
+            *((name, "TYPE_FP32", [-1, nh, -1, dk]) for name in past_names),
         ],
         outputs=[
             ("logits", "TYPE_FP32", [-1, -1, layout.decoder_vocab_size]),
@@ -384,11 +435,11 @@ def export_onnx(
     with torch.no_grad():
         cross_torch = enc_mod(ids2, mask2)
         cross_t = [a.numpy() for a in cross_torch]
-        step_t = [a.numpy() for a in dec_mod(tokens2, rows2, mask2, *cross_torch, *past2)]
+        step_t = [a.numpy() for a in dec_mod(tokens2, rows2, *cross_torch, *past2)]
     cross_o = onnx_model.encode(ids2.numpy(), mask2.numpy())
     diff_cross = max(float(np.max(np.abs(a - b))) for a, b in zip(cross_o, cross_t, strict=True))
     logits_o, present_o = onnx_model.step(
-        tokens2.numpy(), rows2.numpy(), [a.numpy() for a in past2], cross_o, mask2.numpy()
+        tokens2.numpy(), rows2.numpy(), [a.numpy() for a in past2], cross_o
     )
     diff_step = max(
         float(np.max(np.abs(a - b))) for a, b in zip([logits_o, *present_o], step_t, strict=True)

@@ -45,10 +45,11 @@ class StepModel(Protocol):
     """The calls a beam search makes (shapes use Q queries, B beams, S source tokens).
 
     ``encode``: token slots int64 (Q, S, L), mask (Q, S) → the cross-attention state (for
-    ONNX: each decoder layer's cross K/V), computed once per query and shared by its beams.
+    ONNX: each decoder layer's cross K/V and the source mask as an additive bias), computed
+    once per query and shared by its beams.
     ``empty_cache(rows)``: a self-attention cache with no steps for ``rows`` hypotheses.
     ``step``: last tokens int64 (Q, B), ``beam_rows`` int64 (Q * B,) (the row of ``cache``
-    each beam extends: the beam reorder), the cache, the cross state, mask → logits float32
+    each beam extends: the beam reorder), the cache, the cross state → logits float32
     (Q, B, V_dec) over the decoder vocabulary and the extended cache, whose row q * B + j
     is beam j of query q.
     """
@@ -67,7 +68,6 @@ class StepModel(Protocol):
         beam_rows: IntArray,
         cache: Sequence[FloatArray],
         cross: Sequence[FloatArray],
-        attention_mask: IntArray,
     ) -> tuple[FloatArray, list[FloatArray]]: ...
 
 
@@ -356,7 +356,6 @@ class BeamSearch:
         src: IntArray,
         cache: list[FloatArray],
         cross: list[FloatArray],
-        batch: EncoderBatch,
         run: npt.NDArray[np.bool_] | None,
     ) -> tuple[FloatArray, list[FloatArray], IntArray, float]:
         """One decoder step for the beams in ``run`` (Q, W) only (None: all); ``src``
@@ -366,9 +365,7 @@ class BeamSearch:
         q_count, width = tokens.shape
         if run is None or bool(run.all()):
             t0 = time.perf_counter()
-            logits, cache = self.model.step(
-                tokens, src.reshape(-1), cache, cross, batch.attention_mask
-            )
+            logits, cache = self.model.step(tokens, src.reshape(-1), cache, cross)
             rows = np.arange(q_count * width, dtype=np.int64).reshape(q_count, width)
             return logits.reshape(q_count * width, -1), cache, rows, time.perf_counter() - t0
         n_run = int(run.sum(axis=1).max())
@@ -382,7 +379,7 @@ class BeamSearch:
         run_tokens = tokens[q_idx, order]
         run_src = np.maximum(src[q_idx, order], 0).reshape(-1)
         t0 = time.perf_counter()
-        logits, cache = self.model.step(run_tokens, run_src, cache, cross, batch.attention_mask)
+        logits, cache = self.model.step(run_tokens, run_src, cache, cross)
         seconds = time.perf_counter() - t0
         rows[q_idx, order] = np.arange(q_count * n_run, dtype=np.int64).reshape(q_count, n_run)
         return logits.reshape(q_count * n_run, -1), cache, rows, seconds
@@ -412,11 +409,11 @@ class BeamSearch:
         flat = groups[0][0].flat_csr() if one_trie else None
         if flat is not None:
             results, step_s, trie_s = self._decode_compiled(
-                batch, options, cross, flat, exclusions, widths, b_max
+                options, cross, flat, exclusions, widths, b_max
             )
         else:
             results, step_s, trie_s = self._decode_general(
-                batch, options, cross, groups, exclusions, widths, b_max
+                options, cross, groups, exclusions, widths, b_max
             )
         self.times.model += model_s + step_s
         self.times.trie += trie_s
@@ -426,7 +423,6 @@ class BeamSearch:
 
     def _decode_compiled(
         self,
-        batch: EncoderBatch,
         options: Sequence[SearchOptions],
         cross: list[FloatArray],
         flat: tuple[FlatCsr, npt.NDArray[np.integer[Any]], IntArray],
@@ -452,9 +448,7 @@ class BeamSearch:
         for level in range(last + 1):
             if n_run:
                 t0 = time.perf_counter()
-                logits, cache = self.model.step(
-                    run_tokens, run_src, cache, cross, batch.attention_mask
-                )
+                logits, cache = self.model.step(run_tokens, run_src, cache, cross)
                 model_s += time.perf_counter() - t0
             else:  # every beam is forced: no decoder run, no logits read
                 logits = self._no_logits
@@ -482,7 +476,6 @@ class BeamSearch:
 
     def _decode_general(
         self,
-        batch: EncoderBatch,
         options: Sequence[SearchOptions],
         cross: list[FloatArray],
         groups: list[tuple[SidTrie, IntArray]],
@@ -516,7 +509,7 @@ class BeamSearch:
                     forced = self._forced(level, counts, child, groups, width_in)
                     run = ~forced.reshape(q_count, width_in)
                 trie_s += time.perf_counter() - t0
-            logits, cache, rows, step_s = self._step_some(tokens, src, cache, cross, batch, run)
+            logits, cache, rows, step_s = self._step_some(tokens, src, cache, cross, run)
             model_s += step_s
             if self.constrained:
                 top_scores, parent, token, edge = expand_edges(

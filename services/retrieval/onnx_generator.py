@@ -65,7 +65,22 @@ def _kv_shape(session: ort.InferenceSession) -> KvShape:
             "decoder graph has no per-layer (rows, heads, t, d_kv) 'past_key_i'/'past_value_i' "
             "inputs (an artifact exported before the per-layer cache: rebuild it)"
         )
+    if CROSS_BIAS not in {i.name for i in session.get_inputs()}:
+        raise ArtifactIntegrityError(
+            f"decoder graph has no '{CROSS_BIAS}' input (an artifact exported before the "
+            "encoder computed the source mask bias: rebuild it)"
+        )
     return KvShape(len(past), int(dims[1]), int(dims[3]))
+
+
+#: the encoder's (Q, 1, 1, S) additive source mask, computed once per query for every step
+CROSS_BIAS = "cross_bias"
+
+
+def cross_names(num_layers: int) -> list[str]:
+    """The encoder's outputs, which every decoder step takes back: each layer's cross K/V,
+    then the source mask as an additive bias."""
+    return [*kv_names("cross", num_layers), CROSS_BIAS]
 
 
 def kv_names(kind: str, num_layers: int) -> list[str]:
@@ -104,7 +119,7 @@ class OnnxStepModel:
         self.num_heads = shape.num_heads
         self.d_kv = shape.d_kv
         self.decoder_vocab_size = int(self.decoder.get_outputs()[0].shape[-1])
-        self._cross_names = kv_names("cross", self.num_layers)
+        self._cross_names = cross_names(self.num_layers)
         self._past_names = kv_names("past", self.num_layers)
         self._outputs = ["logits", *kv_names("present", self.num_layers)]
 
@@ -137,13 +152,8 @@ class OnnxStepModel:
         beam_rows: npt.NDArray[np.int64],
         cache: Sequence[npt.NDArray[np.float32]],
         cross: Sequence[npt.NDArray[np.float32]],
-        attention_mask: npt.NDArray[np.int64],
     ) -> tuple[npt.NDArray[np.float32], list[npt.NDArray[np.float32]]]:
-        feeds: dict[str, Any] = {
-            "tokens": tokens,
-            "beam_rows": beam_rows,
-            "attention_mask": attention_mask,
-        }
+        feeds: dict[str, Any] = {"tokens": tokens, "beam_rows": beam_rows}
         feeds.update(zip(self._cross_names, cross, strict=True))
         feeds.update(zip(self._past_names, cache, strict=True))
         out: list[Any] = self.decoder.run(self._outputs, feeds)

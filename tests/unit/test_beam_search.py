@@ -50,7 +50,6 @@ class FakeStepModel:
         beam_rows: np.ndarray,
         cache: list[np.ndarray],
         cross: list[np.ndarray],
-        attention_mask: np.ndarray,
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         q, b = tokens.shape
         self.calls.append((q, b))
