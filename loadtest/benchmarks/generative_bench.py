@@ -91,24 +91,36 @@ class Subject:
         return self.encoder.layout
 
 
-def load_subject(name: str, run_dir: Path, threads: int, spin: bool = False) -> Subject:
+def load_subject(
+    name: str, run_dir: Path, threads: int, spin: bool = False, encoder_threads: int | None = None
+) -> Subject:
     """A trained run (``generator/`` + ``models/``) written by train-generator or the pipeline."""
     gen = run_dir / GENERATOR_DIR
     codes = np.load(gen / "sid_codes.npy", allow_pickle=False).astype(np.int64)
     encoder = InputEncoder.load(gen, codes)
     hf = T5ForConditionalGeneration.from_pretrained(gen / "hf").eval()
-    onnx = OnnxStepModel.from_artifact(lambda rel: run_dir / rel, threads, allow_spinning=spin)
+    onnx = OnnxStepModel.from_artifact(
+        lambda rel: run_dir / rel, threads, allow_spinning=spin, encoder_threads=encoder_threads
+    )
     trie = SidTrie.build(codes, encoder.layout.codebook_sizes)
     return Subject(name, hf, onnx, encoder, trie, codes, True, str(run_dir))
 
 
 def random_subject(
-    name: str, like: Subject, preset: str, threads: int, tmp: Path, spin: bool = False
+    name: str,
+    like: Subject,
+    preset: str,
+    threads: int,
+    tmp: Path,
+    spin: bool = False,
+    encoder_threads: int | None = None,
 ) -> Subject:
     """Untrained (seeded) weights at ``preset`` size over ``like``'s vocabulary and SIDs."""
     model = build_model(like.layout, PRESETS[preset], seed=1).eval()
     export_onnx(model, like.layout, tmp / "models")
-    onnx = OnnxStepModel.from_artifact(lambda rel: tmp / rel, threads, allow_spinning=spin)
+    onnx = OnnxStepModel.from_artifact(
+        lambda rel: tmp / rel, threads, allow_spinning=spin, encoder_threads=encoder_threads
+    )
     return Subject(
         name, model, onnx, like.encoder, like.trie, like.codes, False, f"random init ({preset})"
     )
@@ -451,12 +463,16 @@ def bench_subject(
 
 
 def grpc_latency(
-    version_dir: Path, n: int, levels: Sequence[int], delays_ms: Sequence[float]
+    version_dir: Path,
+    n: int,
+    levels: Sequence[int],
+    delays_ms: Sequence[float],
+    encoder_threads: int = 0,
 ) -> list[dict[str, Any]]:
     """``Retrieve`` over gRPC against the real service on ``version_dir``, per batcher delay.
 
     The service runs with its defaults (ONNX Runtime on 1 intra-op thread, beam 20,
-    k 10); the client is one asyncio process on the same machine.
+    k 10) but ``encoder_threads``; the client is one asyncio process on the same machine.
     """
     work = load_workload(version_dir.parent, n, version_dir.name)
     rows: list[dict[str, Any]] = []
@@ -464,6 +480,7 @@ def grpc_latency(
         env = {
             "GENSEARCH_RETRIEVAL_ARTIFACT_VERSION": version_dir.name,
             "GENSEARCH_RETRIEVAL_MAX_QUEUE_DELAY_MS": str(delay),
+            "GENSEARCH_RETRIEVAL_ENCODER_THREADS": str(encoder_threads),
         }
         with ExitStack() as stack, tempfile.TemporaryDirectory() as logs:
             served = start_retrieval(stack, version_dir.parent, Path(logs), env)
@@ -592,6 +609,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--ort-threads", type=int, default=1, help="ONNX Runtime intra-op threads (ours)"
     )
+    parser.add_argument(
+        "--ort-encoder-threads",
+        type=int,
+        default=2,
+        help="intra-op threads of our encoder session (spinning; 0 = --ort-threads)",
+    )
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -639,14 +662,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "during decoding, as a share of the ONNX time.",
     ]
     subjects: list[Subject] = []
-    serving = load_subject("serving", serving_dir, args.ort_threads, args.spin)
+    enc_threads = args.ort_encoder_threads or None
+    serving = load_subject("serving", serving_dir, args.ort_threads, args.spin, enc_threads)
     ref_dir = args.reference or root / "runs" / "generator-artifact-reference"
     tmp = Path(tempfile.mkdtemp(prefix="genbench-"))
     if (ref_dir / GENERATOR_DIR).is_dir():
-        subjects.append(load_subject("reference", ref_dir, args.ort_threads, args.spin))
+        subjects.append(
+            load_subject("reference", ref_dir, args.ort_threads, args.spin, enc_threads)
+        )
     else:
         subjects.append(
-            random_subject("reference", serving, "reference", args.ort_threads, tmp, args.spin)
+            random_subject(
+                "reference", serving, "reference", args.ort_threads, tmp, args.spin, enc_threads
+            )
         )
         notes.append(
             "The reference-size model has RANDOM (seeded) weights: no trained "
@@ -677,7 +705,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.grpc_requests > 0:
         results["grpc"] = grpc_latency(
-            version_dir, args.grpc_requests, args.grpc_concurrency, args.grpc_queue_delays_ms
+            version_dir,
+            args.grpc_requests,
+            args.grpc_concurrency,
+            args.grpc_queue_delays_ms,
+            args.ort_encoder_threads,
         )
     md = markdown(results)
     write_results(args.out, results, md)

@@ -28,3 +28,7 @@ class RetrievalSettings(ServiceSettings):
     # ANN fill and the reply).
     decode_budget_fraction: float = Field(0.7, gt=0, le=1)
     filter_cache_size: int = Field(256, ge=1, description="category-filter sub-tries kept")
+    # The generator's encoder runs once per query and is compute-bound: on a machine with a
+    # spare core, 2 (spinning) threads cut its time; the decoder steps stay on
+    # INTRA_OP_THREADS. 0 = INTRA_OP_THREADS.
+    encoder_threads: int = Field(0, ge=0, le=64, description="generator encoder threads")

@@ -58,7 +58,9 @@ def load_engine(settings: RetrievalSettings) -> RetrievalEngine:
     sizes = EncodingConfig.from_json(encoding_cfg.read_text()).codebook_sizes
     codes, trie = _codes_and_trie(arts, tuple(sizes))
     encoder = InputEncoder.from_files(encoding_cfg, tokenizer, codes)
-    model = OnnxStepModel.from_artifact(arts.path, settings.intra_op_threads)
+    model = OnnxStepModel.from_artifact(
+        arts.path, settings.intra_op_threads, encoder_threads=settings.encoder_threads or None
+    )
     generator = OnnxSidGenerator(encoder, BeamSearch(model, encoder.layout, trie, codes))
     catalog = Catalog.load(arts, codes)
     ann = AnnIndex(np.load(arts.path("embeddings/items.npy"), allow_pickle=False))
