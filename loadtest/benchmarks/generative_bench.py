@@ -17,9 +17,10 @@ cost above the ONNX forward passes it makes, the constraint's cost against our u
 search, and throughput at batch 1/16/64. Queries are DERIVED (Ai et al. SIGIR 2017 category
 words) with the user's real history (last 20 items), test split. Each side runs at its
 fastest intra-op thread count on the 2-core machine: torch ``--threads`` (2; 1 thread was
-slower for HF) and ONNX Runtime ``--ort-threads`` (1, as the retrieval service runs it; a
-2-thread pool without spinning costs more in wake-ups than it gains at batch 1, and
-spinning workers fight the searching thread for the two cores).
+slower for HF) and ONNX Runtime ``--ort-threads`` for the decoder steps (1, as the retrieval
+service runs them; a 2-thread pool costs more in wake-ups than it gains on a step's ~140
+small kernels) and ``--ort-encoder-threads`` for the encoder (2, spinning: one compute-bound
+run per query; the service's ``ENCODER_THREADS``).
 
 Usage::
 
@@ -126,17 +127,20 @@ def random_subject(
     )
 
 
-def current_subject(model: str, threads: int, spin: bool = False) -> tuple[Path, Subject, Path]:
+def current_subject(
+    model: str, threads: int, spin: bool = False, encoder_threads: int | None = None
+) -> tuple[Path, Subject, Path]:
     """(CURRENT artifact version dir, the subject, the dir holding its ``models/``):
     ``model`` "serving" is the artifact's generator, "reference" seeded random weights at
     the published reference size over its vocabulary and SIDs."""
     root = artifact_root()
     version_dir = root / (root / "CURRENT").read_text().strip()
-    subject = load_subject("serving", version_dir, threads, spin)
+    subject = load_subject("serving", version_dir, threads, spin, encoder_threads)
     if model == "serving":
         return version_dir, subject, version_dir
     tmp = Path(tempfile.mkdtemp(prefix="genbench-reference-"))
-    return version_dir, random_subject("reference", subject, "reference", threads, tmp, spin), tmp
+    ref = random_subject("reference", subject, "reference", threads, tmp, spin, encoder_threads)
+    return version_dir, ref, tmp
 
 
 # --------------------------------------------------------------------------- HF reference
@@ -636,13 +640,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = load_from_dir(version_dir, with_embeddings=False)
     notes = [
         "Search-mode queries are derived from the target item, not real user queries.",
-        "ONNX Runtime runs with intra-op spinning "
+        "ONNX Runtime decoder steps run on "
+        f"{args.ort_threads} intra-op thread(s), spinning "
         + ("on" if args.spin else "off")
-        + ". On this 2-core machine a 1-thread ORT session searched faster than a 2-thread "
-        "one (batch 1, reference size: 6.1/6.9 ms vs 9.4/8.1 ms p50 in alternating runs of "
-        "`search_overhead --threads 1|2`; spinning 2-thread pools 16 ms), while HF was "
-        "faster on 2 torch threads than on 1 (62-64 ms vs 71-79 ms p50): each side runs at "
-        "its own best.",
+        + f"; our encoder session on {args.ort_encoder_threads or args.ort_threads} "
+        "(spinning). On this 2-core machine a 1-thread decoder searched faster than a "
+        "2-thread one (batch 1, reference size: 6.1/6.9 ms vs 9.4/8.1 ms p50 in alternating "
+        "runs of `search_overhead --threads 1|2`; spinning 2-thread pools 16 ms), while the "
+        "encoder, one compute-bound run per query, gains from a second spinning thread; HF "
+        "was faster on 2 torch threads than on 1 (62-64 ms vs 71-79 ms p50): each side runs "
+        "at its own best.",
         "Top-10 agreement counts a query as tied when the two lists have the same scores "
         "(within 1e-4) and differ only among tied items.",
         "Search overhead = (our end-to-end search time - time inside the ONNX Runtime "
@@ -657,9 +664,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "can be negative: with the trie, the top-k runs over the few valid (beam, token) "
         "pairs only, and beams whose remaining path is forced (one valid token per level "
         "left) need no decoder run. 'trie "
-        "lookups' is the direct cost of the constraint: time in SidTrie.edges "
-        "(and the forced-path check) "
-        "during decoding, as a share of the ONNX time.",
+        "lookups' is the cost of the constraint as a share of the ONNX time: in the "
+        "compiled search (one trie, which every row here is) the whole per-level compiled "
+        "call, which lists the valid edges, checks forced paths and picks the top-k in one "
+        "loop (so it is most of the search overhead).",
     ]
     subjects: list[Subject] = []
     enc_threads = args.ort_encoder_threads or None

@@ -34,8 +34,13 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--beam", type=int, default=20)
     parser.add_argument("--spin", action="store_true", help="let ORT worker threads spin")
+    parser.add_argument(
+        "--encoder-threads", type=int, default=0, help="encoder session threads (0: --threads)"
+    )
     args = parser.parse_args()
-    version_dir, subject, _ = current_subject(args.model, args.threads, args.spin)
+    version_dir, subject, _ = current_subject(
+        args.model, args.threads, args.spin, args.encoder_threads or None
+    )
     data = load_from_dir(version_dir, with_embeddings=False)
     queries = test_queries(data, args.queries, seed=7)
     search = make_search(subject, constrained=True)
