@@ -514,8 +514,9 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Command: `{results['command']}`  ",
         f"Machine: {results['machine']}; torch intra-op threads {results['threads']}, ONNX "
-        f"Runtime intra-op threads {results['ort_threads']} (each side's fastest setting "
-        f"here); beam {results['beam']}, top-{TOP}.  ",
+        f"Runtime intra-op threads {results['ort_threads']} for the decoder steps and "
+        f"{results.get('ort_encoder_threads') or results['ort_threads']} for the encoder "
+        f"(each side's fastest setting here); beam {results['beam']}, top-{TOP}.  ",
         "Queries are DERIVED (Ai et al. SIGIR 2017 category words of the test target) with the "
         "user's real history (last 20 items), test split. HF = "
         "`generate(inputs_embeds, num_beams, prefix_allowed_tokens_fn, renormalize_logits=True)` "
@@ -702,6 +703,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": _machine(),
         "threads": args.threads,
         "ort_threads": args.ort_threads,
+        "ort_encoder_threads": args.ort_encoder_threads,
         "beam": args.beam,
         "artifact": str(version_dir),
         "models": [],
