@@ -440,9 +440,28 @@ def _advance_and_collect(
     return items, item_scores, found, invalid
 
 
-def _rows_of(logits: FloatArray) -> FloatArray:
-    """Decoder logits (..., V) as contiguous float32 rows (rows, V)."""
-    return np.ascontiguousarray(logits, dtype=np.float32).reshape(-1, logits.shape[-1])
+def _expansion_args(
+    logits: FloatArray,
+    rows: IntArray,
+    offset: int,
+    edges: tuple[IntArray, IntArray, IntArray],
+    scores: FloatArray,
+    widths: IntArray,
+    b_max: int,
+) -> tuple[FloatArray, IntArray, int, IntArray, IntArray, IntArray, FloatArray, IntArray, int]:
+    """The expansion arguments of ``_advance_level``, in its order; the decoder logits
+    (..., V) as contiguous float32 rows (rows, V)."""
+    flat_logits = np.ascontiguousarray(logits, dtype=np.float32).reshape(-1, logits.shape[-1])
+    beam, token, child = edges
+    return flat_logits, rows, int(offset), beam, token, child, scores, widths, int(b_max)
+
+
+def _trie_args(
+    flat: FlatCsr, dead: IntArray, dead_ptr: IntArray
+) -> tuple[npt.NDArray[np.integer], IntArray, npt.NDArray[np.integer], IntArray, IntArray,
+           IntArray, IntArray]:  # fmt: skip
+    """The trie and exclusion arguments of ``_plan_level``, in its order."""
+    return flat.ptr, flat.ptr_start, flat.tok, flat.tok_start, flat.offsets, dead, dead_ptr
 
 
 def plan_first_level(
@@ -455,13 +474,7 @@ def plan_first_level(
         np.zeros((q_count, 1), dtype=np.int64),
         np.full((q_count, 1), start_token, dtype=np.int64),
         np.arange(q_count, dtype=np.int64).reshape(q_count, 1),
-        flat.ptr,
-        flat.ptr_start,
-        flat.tok,
-        flat.tok_start,
-        flat.offsets,
-        dead,
-        dead_ptr,
+        *_trie_args(flat, dead, dead_ptr),
     )
     return out
 
@@ -483,27 +496,12 @@ def advance_and_plan(
     """Expand the level before ``level`` (``logits`` row ``rows[i]`` scores beam i's
     ``edges``, tokens at ``offset`` in the vocabulary), keep the best ``min(widths[q],
     b_max)`` per query, and plan ``level``: (scores (Q, width), then the plan)."""
-    beam, token, child = edges
     out: tuple[FloatArray, IntArray, IntArray, IntArray, IntArray, IntArray, IntArray, int] = (
         _advance_and_plan(
-            _rows_of(logits),
-            rows,
-            int(offset),
-            beam,
-            token,
-            child,
-            scores,
-            widths,
-            int(b_max),
+            *_expansion_args(logits, rows, offset, edges, scores, widths, b_max),
             int(pad_id),
             int(level),
-            flat.ptr,
-            flat.ptr_start,
-            flat.tok,
-            flat.tok_start,
-            flat.offsets,
-            dead,
-            dead_ptr,
+            *_trie_args(flat, dead, dead_ptr),
         )
     )
     return out
@@ -527,18 +525,9 @@ def advance_and_collect(
     1]]`` rows. ``leaves``: (leaf_ptr, leaf_items, global id of the first leaf). Returns
     items (Q, max k; -1 pads), their scores, how many were found, and live beams on no
     leaf."""
-    beam, token, child = edges
     leaf_ptr, leaf_items, leaf_lo = leaves
     out: tuple[IntArray, FloatArray, IntArray, IntArray] = _advance_and_collect(
-        _rows_of(logits),
-        rows,
-        int(offset),
-        beam,
-        token,
-        child,
-        scores,
-        widths,
-        int(b_max),
+        *_expansion_args(logits, rows, offset, edges, scores, widths, b_max),
         leaf_ptr,
         leaf_items,
         int(leaf_lo),
