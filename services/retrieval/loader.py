@@ -105,6 +105,13 @@ def warm_up(engine: RetrievalEngine) -> None:
         for _ in range(3):
             engine.generator.decode([job])
         timings.append((beam, (time.perf_counter() - start) / 3))
+    # the other decode paths compile their loops on first use (seconds): run them now, not
+    # in a request's deadline: an exclusion, and a batch over two tries (the numpy path)
+    excluding = DecodeJob("warm up query", history, engine.trie, 4, 10, history[:2])
+    subset = engine.trie.subset(np.arange(min(64, len(engine.catalog)), dtype=np.int64))
+    filtered = DecodeJob("warm up query", history, subset, 4, 10, empty)
+    engine.generator.decode([excluding])
+    engine.generator.decode([excluding, filtered])
     if engine.embedder is not None:
         engine.embedder.encode(["warm up"])
     engine.cost.calibrate(timings[0], timings[1])
