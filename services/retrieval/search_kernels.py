@@ -215,8 +215,6 @@ def expand_edges(
 # logits row (-1: it does not run), and the running beams' tokens (Q, n_run) and cache rows
 # (Q * n_run,); n_run 0 means no decoder call.
 
-Plan = tuple["IntArray", "IntArray", "IntArray", "IntArray", "IntArray", "IntArray", int]
-
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _in_sorted(values: IntArray, lo: int, hi: int, x: int) -> bool:

@@ -292,9 +292,7 @@ class _Core:
             keys=tuple(keys),
             rank_masks=tuple(rank_masks),
             leaf_ptr=leaf_ptr,
-            # writable: the compiled search loops read it, and numba takes a slow path to
-            # type a read-only array on every call
-            leaf_items=np.require(rows, np.int64, ["C", "W"]),
+            leaf_items=np.ascontiguousarray(rows, dtype=np.int64),
             flat=flat,
         )
 
