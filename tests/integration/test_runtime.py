@@ -115,9 +115,13 @@ def test_metrics_endpoint_exposes_calls(probe: Probe) -> None:
     assert reply.stage == "done"
     with pytest.raises(grpc.RpcError):
         probe.work(common_pb2.StageTiming(stage="invalid"), timeout=2)
-    samples = probe.metrics()
     labels_ok = (("code", "OK"), ("method", "Work"), ("service", "probe"))
     labels_bad = (("code", "INVALID_ARGUMENT"), ("method", "Work"), ("service", "probe"))
+    # an aborted call's status reaches the client before the server's metrics interceptor
+    # counts it, so a scrape right after the error can precede the count
+    bad_key = ("gensearch_grpc_server_handled_total", labels_bad)
+    wait_for(lambda: bad_key in probe.metrics(), 5, "the INVALID_ARGUMENT call's count")
+    samples = probe.metrics()
     assert samples[("gensearch_grpc_server_handled_total", labels_ok)] >= 1
     assert samples[("gensearch_grpc_server_handled_total", labels_bad)] >= 1
     count_key = (
