@@ -12,6 +12,7 @@ is available for analysis and is applied identically to every method.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -74,8 +75,8 @@ def rank_cases(
 ) -> list[list[int]]:
     """Ask ``retriever`` for the top ``k`` of every case, in batches.
 
-    With ``exclude_history`` the retriever is asked for extra items so that ``k`` remain
-    after the history items are filtered out.
+    With ``exclude_history`` each request names its history as ``exclude`` and the retriever
+    is asked for extra items, so that ``k`` remain after the history items are filtered out.
     """
     out: list[list[int]] = []
     bar = tqdm(total=len(cases), desc=desc, unit="q", disable=not show_progress, leave=False)
@@ -85,6 +86,7 @@ def rank_cases(
         if not exclude_history:
             out.extend(list(r[:k]) for r in retriever.retrieve(requests, k))
         else:
+            requests = [dataclasses.replace(r, exclude=r.history) for r in requests]
             extra = max((len(set(r.history)) for r in requests), default=0)
             for req, ranked in zip(requests, retriever.retrieve(requests, k + extra), strict=True):
                 seen = set(req.history)

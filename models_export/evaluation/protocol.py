@@ -15,11 +15,17 @@ import numpy as np
 
 @dataclass(frozen=True, slots=True)
 class EvalQuery:
-    """One request: ``query`` (None in recommendation mode) and history item rows, oldest first."""
+    """One request: ``query`` (None in recommendation mode) and history item rows, oldest first.
+
+    ``exclude``: item rows the caller does not want back (the harness sets it to the history
+    under ``exclude_history``). A method may leave them out inside its own search, as the
+    generator's constrained decoding does; the harness filters every method's list anyway.
+    """
 
     user_id: str
     query: str | None
     history: tuple[int, ...]
+    exclude: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,7 +48,12 @@ def sid_summary(codes: np.ndarray) -> dict[str, Any]:
 
 
 def evaluate_runs(
-    runs: Sequence[tuple[str, Path]], version_dir: Path, split: str, beam: int, threads: int
+    runs: Sequence[tuple[str, Path]],
+    version_dir: Path,
+    split: str,
+    beam: int,
+    threads: int,
+    exclude_history: bool = False,
 ) -> list[dict[str, Any]]:
     out = []
     for name, run_dir in runs:
@@ -64,6 +69,7 @@ def evaluate_runs(
             beam_width=beam,
             threads=threads,
             name=name,
+            exclude_history=exclude_history,
         )
         metrics = {
             f"{r.mode}/{r.query_kind or '-'}": r.metrics for r in rows if r.metrics is not None
@@ -94,6 +100,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f"Command: `{doc['command']}`  ",
         f"Split: {doc['split']}; constrained beam search, beam {doc['beam']}, ONNX Runtime. "
         "Cells are Recall@10 / NDCG@10.  ",
+        "History items removed from the ranking (inside decoding): "
+        f"{'yes' if doc.get('exclude_history') else 'no'}.  ",
         DERIVED_NOTE,
         "",
         "| mode | query | " + " | ".join(r["name"] for r in runs) + " | target |",
@@ -136,6 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--beam", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--exclude-history",
+        action="store_true",
+        help="leave the user's history items out of every ranking (inside decoding)",
+    )
     parser.add_argument("--note", action="append", default=[])
     parser.add_argument("--out", type=Path, default=Path("docs/results/generative_quality"))
     args = parser.parse_args(argv)
@@ -157,9 +170,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         + shlex.join(sys.argv[1:] if argv is None else list(argv)),
         "split": args.split,
         "beam": args.beam,
+        "exclude_history": args.exclude_history,
         "artifact": str(version_dir),
         "queries_derived": True,
-        "runs": evaluate_runs(runs, version_dir, args.split, args.beam, args.threads),
+        "runs": evaluate_runs(
+            runs, version_dir, args.split, args.beam, args.threads, args.exclude_history
+        ),
         "notes": args.note,
     }
     text = markdown(doc)

@@ -22,20 +22,26 @@ def evaluate_run(
     beam_width: int = 20,
     threads: int = 2,
     name: str = "generative",
+    exclude_history: bool = False,
 ) -> list[ResultRow]:
-    """Every mode on ``split``; writes ``eval/generator_<split>.json`` under ``run_dir``."""
+    """Every mode on ``split``; writes ``eval/generator_<split>.json`` under ``run_dir``
+    (``generator_<split>_exclude_history.json`` when the history items are left out, inside
+    decoding)."""
     data = load_from_dir(version_dir, with_embeddings=False)
     retriever = open_onnx_retriever(
         run_dir, codes, name=name, beam_width=beam_width, threads=threads, text=text
     )
-    rows = run_suite([retriever], data, EvalSettings(splits=(split,), batch_size=256))
+    settings = EvalSettings(splits=(split,), batch_size=256, exclude_history=exclude_history)
+    rows = run_suite([retriever], data, settings)
     out: dict[str, Any] = {
         "split": split,
         "beam_width": beam_width,
+        "history_items_removed_from_ranking": exclude_history,
         "note": DERIVED_NOTE,
         "rows": [r.to_dict() for r in rows],
     }
-    path = run_dir / "eval" / f"generator_{split}.json"
+    suffix = "_exclude_history" if exclude_history else ""
+    path = run_dir / "eval" / f"generator_{split}{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     for r in rows:

@@ -17,7 +17,8 @@ __all__ = ["GENERATOR_DIR", "GenerativeRetriever", "open_onnx_retriever"]
 
 
 class GenerativeRetriever:
-    """Encode (query, history) → constrained beam search → top-k item rows."""
+    """Encode (query, history) → constrained beam search → top-k item rows; a query's
+    ``exclude`` items are removed inside decoding (the beam is spent on the others)."""
 
     def __init__(
         self,
@@ -43,7 +44,14 @@ class GenerativeRetriever:
             batch = self.encoder.encode(
                 [q.query for q in chunk], [np.asarray(q.history, np.int64) for q in chunk]
             )
-            options = [SearchOptions(beam_width=self.beam_width, k=k)] * len(chunk)
+            options = [
+                SearchOptions(
+                    beam_width=self.beam_width,
+                    k=k,
+                    exclude=np.asarray(q.exclude, np.int64) if q.exclude else None,
+                )
+                for q in chunk
+            ]
             out.extend(r.items.tolist() for r in self.search.search(batch, options))
         return out
 

@@ -199,6 +199,25 @@ def test_history_items_are_kept_by_default_and_dropped_when_asked(data: EvalData
         assert len(lst) == 10 and not set(lst) & set(c.request.history)
 
 
+def test_exclude_history_tells_the_retriever_what_to_leave_out(data: EvalData) -> None:
+    seen: list[EvalQuery] = []
+
+    class Recording:
+        name = "recording"
+        modes = frozenset({RECOMMENDATION})
+
+        def retrieve(self, queries: Sequence[EvalQuery], k: int) -> list[list[int]]:
+            seen.extend(queries)
+            return [list(range(k)) for _ in queries]
+
+    cases = data.recommendation_cases("test")
+    rank_cases(Recording(), cases, 10)
+    assert all(q.exclude == () for q in seen)
+    seen.clear()
+    rank_cases(Recording(), cases, 10, exclude_history=True)
+    assert [q.exclude for q in seen] == [c.request.history for c in cases]
+
+
 def test_dense_ranks_the_item_whose_vector_is_the_query_first(data: EvalData) -> None:
     dense = _title_encoder(data)
     metrics, _ = evaluate_cases(dense, data.search_cases("test", "title", False))

@@ -3,6 +3,7 @@ Hugging Face, and our ONNX beam search agreeing with HF ``generate`` on the same
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -296,6 +297,12 @@ def test_tiny_training_learns_the_catalog_and_exports(tmp_path: Path) -> None:
     hits = sum(r[:1] == [i] for i, r in enumerate(ranked))
     assert hits >= 0.8 * len(items), f"item text -> own SID for only {hits}/{len(items)}"
     assert result.meta["text"] is True
+
+    # a query's exclude list is applied inside decoding: a beam of 5 still yields 5 items
+    q = EvalQuery("x", None, (1, 4))
+    top = retriever.retrieve([q], 5)[0]
+    rest = retriever.retrieve([dataclasses.replace(q, exclude=tuple(top[:3]))], 5)[0]
+    assert len(top) == len(rest) == 5 and not set(rest) & set(top[:3])
 
     # the service-facing batch API over the same files
     trie = SidTrie.build(codes, SIZES)
