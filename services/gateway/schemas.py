@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from services.common.limits import MAX_EXCLUDE
 from services.common.text import MAX_QUERY_CHARS, normalize_query
 
 ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,64}$"
@@ -24,7 +25,13 @@ class SearchFilters(BaseModel):
         "(e.g. 'Industrial & Scientific > Lab & Scientific Products').",
     )
     exclude_ids: list[ItemId] = Field(
-        default_factory=list, max_length=1000, description="Item ids never to return."
+        default_factory=list, max_length=MAX_EXCLUDE, description="Item ids never to return."
+    )
+    exclude_history: bool = Field(
+        False,
+        description="Also leave out the items in the user's history (already bought). They "
+        "are removed inside decoding, so k items still come back; with exclude_ids, at most "
+        f"{MAX_EXCLUDE} ids in all (the most recent history items are kept).",
     )
 
 

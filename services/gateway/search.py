@@ -15,6 +15,7 @@ from services.common.generated.gensearch.common.v1 import common_pb2
 from services.common.generated.gensearch.query_understanding.v1 import query_understanding_pb2
 from services.common.generated.gensearch.ranking.v1 import ranking_pb2
 from services.common.generated.gensearch.retrieval.v1 import retrieval_pb2
+from services.common.limits import MAX_EXCLUDE
 from services.gateway.config import GatewaySettings
 from services.gateway.downstream import Downstream, StageFailedError
 from services.gateway.metrics import DEGRADED, cache_lookups, stage_latency
@@ -98,6 +99,20 @@ def _item(c: common_pb2.Candidate, features: dict[str, Any] | None) -> dict[str,
 
 def _digest(*parts: Any) -> str:
     return hashlib.sha256(orjson.dumps(parts)).hexdigest()[:32]
+
+
+def excluded_ids(req: SearchRequest, history: list[str]) -> list[str]:
+    """The request's ``exclude_ids``, then (``exclude_history``) the user's history items,
+    most recent first, deduplicated, at most :data:`MAX_EXCLUDE` in all."""
+    if req.filters is None:
+        return []
+    ids = dict.fromkeys(req.filters.exclude_ids)
+    if req.filters.exclude_history:
+        for item in reversed(history):
+            if len(ids) >= MAX_EXCLUDE:
+                break
+            ids.setdefault(item)
+    return list(ids)
 
 
 class SearchService:
@@ -225,6 +240,7 @@ class SearchService:
         trace: _Trace,
     ) -> list[common_pb2.Candidate]:
         filters = req.filters
+        excluded = excluded_ids(req, history)
         want = max(req.k, RANK_POOL) if self.ranking is not None else req.k
         request = retrieval_pb2.RetrieveRequest(
             meta=common_pb2.RequestMeta(artifact_version=self.version, debug=req.debug),
@@ -233,7 +249,7 @@ class SearchService:
             user=common_pb2.UserContext(user_id=req.user_id or "", recent_item_ids=history),
             k=want,
             beam_width=req.beam_width or 0,
-            exclude_item_ids=filters.exclude_ids if filters else [],
+            exclude_item_ids=excluded,
             category_prefixes=[filters.category] if filters and filters.category else [],
             query_embedding=list(understanding.embedding) if understanding else [],
         )
@@ -243,24 +259,24 @@ class SearchService:
             try:
                 reply = await self.retrieval.call("Retrieve", request, budget)
             except StageFailedError as exc:
-                return await self._fallback(req, exc, trace)
+                return await self._fallback(req, excluded, exc, trace)
         for d in reply.degraded:
             trace.degrade(d.stage, d.reason)
         return list(reply.candidates)
 
     async def _fallback(
-        self, req: SearchRequest, exc: StageFailedError, trace: _Trace
+        self, req: SearchRequest, excluded: list[str], exc: StageFailedError, trace: _Trace
     ) -> list[common_pb2.Candidate]:
         """Without retrieval only a feed can be answered: popular items for an empty query."""
         if req.query:
             status = 504 if exc.timeout else 503
             raise SearchUnavailableError(status, f"retrieval unavailable ({exc.reason})")
         popular = await self.store.popular(self.version) or []
-        excluded = set(req.filters.exclude_ids) if req.filters else set()
         if req.filters and req.filters.category:
             raise SearchUnavailableError(503, f"retrieval unavailable ({exc.reason})")
         trace.degrade("retrieval", f"{exc.reason}; popular items served")
-        picks = [i for i in popular if i not in excluded][: req.k]
+        skip = set(excluded)
+        picks = [i for i in popular if i not in skip][: req.k]
         if not picks:
             raise SearchUnavailableError(503, f"retrieval unavailable ({exc.reason})")
         return [

@@ -20,6 +20,7 @@ from services.common.deadline import Deadline
 from services.common.errors import InvalidInputError, VersionMismatchError
 from services.common.generated.gensearch.common.v1 import common_pb2
 from services.common.generated.gensearch.retrieval.v1 import retrieval_pb2
+from services.common.limits import MAX_EXCLUDE
 from services.common.text import MAX_QUERY_CHARS, normalize_query
 from services.retrieval import metrics
 from services.retrieval.ann import AnnIndex
@@ -29,7 +30,6 @@ from services.retrieval.trie import SidTrie
 
 log = logging.getLogger(__name__)
 
-MAX_EXCLUDE = 1000
 MAX_CATEGORY_PREFIXES = 20
 MAX_KEYWORDS = 32
 

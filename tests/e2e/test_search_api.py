@@ -70,6 +70,21 @@ def test_exclude_and_category_filters(redis_stack: Stack, catalog: dict[str, lis
         assert " > ".join(catalog[item["id"]]).startswith(prefix), item
 
 
+def test_feed_can_leave_out_what_the_user_already_has(
+    redis_stack: Stack, artifact_root: Path
+) -> None:
+    arts = ArtifactRepository(artifact_root).open()
+    users = pq.read_table(arts.path("tables/users.parquet")).to_pylist()
+    # the gateway's stored history (services.gateway.materialize): every known item
+    row = max(users, key=lambda r: len(r["train_history"]))
+    owned = {str(i) for i in [*row["train_history"], row["valid_target"], row["test_target"]]}
+    status, fresh = redis_stack.search(
+        query="", user_id=str(row["user_id"]), k=20, filters={"exclude_history": True}
+    )
+    assert status == 200 and len(fresh["items"]) == 20
+    assert not owned & {i["id"] for i in fresh["items"]}
+
+
 def test_repeat_is_a_cache_hit(redis_stack: Stack) -> None:
     body = {"query": "pipette tips", "user_id": "2", "k": 4}
     status, first = redis_stack.search(**body)

@@ -11,9 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from services.common.limits import MAX_EXCLUDE
 from services.common.text import normalize_query, strip_control
 from services.gateway.breaker import CircuitBreaker
 from services.gateway.schemas import SearchRequest
+from services.gateway.search import excluded_ids
 from services.gateway.store import InMemoryStore
 
 
@@ -93,3 +95,24 @@ def test_strip_control_drops_exactly_the_category_c_characters(text: str) -> Non
     assert kept == "".join(
         ch for ch in text if ch.isspace() or not unicodedata.category(ch).startswith("C")
     )
+
+
+def test_exclude_history_adds_the_most_recent_history_items_up_to_the_cap() -> None:
+    history = ["a", "b", "c", "b"]
+    plain = SearchRequest.model_validate({"filters": {"exclude_ids": ["x", "c"]}})
+    assert excluded_ids(plain, history) == ["x", "c"]
+    assert excluded_ids(SearchRequest(), history) == []
+    both = SearchRequest.model_validate(
+        {"filters": {"exclude_ids": ["x", "c"], "exclude_history": True}}
+    )
+    assert excluded_ids(both, history) == ["x", "c", "b", "a"]
+    full = SearchRequest.model_validate(
+        {
+            "filters": {
+                "exclude_ids": [f"i{n}" for n in range(MAX_EXCLUDE - 1)],
+                "exclude_history": True,
+            }
+        }
+    )
+    out = excluded_ids(full, history)
+    assert len(out) == MAX_EXCLUDE and out[-1] == "b"  # room for the most recent one only
