@@ -6,8 +6,10 @@ Modes:
 - ``recommendation``: history only, no query.
 
 Items already in the user's history are NOT removed from rankings by default (the standard
-TIGER protocol for this data; repeat purchases are possible targets). ``exclude_history``
-is available for analysis and is applied identically to every method.
+TIGER protocol for this data; in a log with repeat purchases they are possible targets).
+``exclude_history`` removes them, identically for every method. The shared Amazon log has
+no repeats (no user's validation or test item is in that user's earlier history), so there
+a history item in a list is always a miss, and a recommender that serves it would skip it.
 """
 
 from __future__ import annotations

@@ -63,14 +63,14 @@ class TrainSettings:
     dropout: float | None = None  # None: the preset's own
     # an epoch budget (not the wall clock) decides how far training goes, so an artifact does
     # not depend on how fast the machine was; max_minutes only caps a very slow machine
-    epochs: int = 24
+    epochs: int = 40
     batch_size: int = 256
     lr: float = 3e-3
     weight_decay: float = 0.01
     warmup_steps: int = 300
     min_lr_ratio: float = 0.05
     patience: int = 4
-    max_minutes: float = 30.0
+    max_minutes: float = 50.0
     valid_users: int = 600
     valid_beam: int = 20
     normalisation: Normalisation = "trie"
