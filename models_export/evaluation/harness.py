@@ -8,8 +8,8 @@ Modes:
 Items already in the user's history are NOT removed from rankings by default (the standard
 TIGER protocol for this data; in a log with repeat purchases they are possible targets).
 ``exclude_history`` removes them, identically for every method. The shared Amazon log has
-no repeats (no user's validation or test item is in that user's earlier history), so there
-a history item in a list is always a miss, and a recommender that serves it would skip it.
+no repeats (no user's validation or test item is in that user's earlier history): on it a
+history item in a list is always a miss, and a recommender that serves it would skip it.
 """
 
 from __future__ import annotations
