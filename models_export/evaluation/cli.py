@@ -89,6 +89,7 @@ def suite_config(
         cfg.bm25_field_grid = cfg.bm25_field_grid[:1]
         cfg.history_last_n_grid = (None, 3)
         cfg.dense_history_weight_grid = (0.25,)
+        cfg.covisit_decay_grid = (0.5,)
         cfg.sasrec.setdefault("max_seconds", 60.0)
         cfg.sasrec.setdefault("max_epochs", 30)
         cfg.sasrec.setdefault("patience", 5)

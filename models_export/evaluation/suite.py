@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from models_export.evaluation.baselines.bm25 import DEFAULT_FIELDS, Bm25Retriever, item_text
+from models_export.evaluation.baselines.covisit import CovisitRetriever
 from models_export.evaluation.baselines.dense import (
     DenseHistoryRetriever,
     DenseRetriever,
@@ -37,6 +38,7 @@ ALL_METHODS: tuple[str, ...] = (
     "dense+history",
     "history-mean",
     "recent-mean",
+    "covisit",
     "sasrec",
 )
 SELECTION_METRIC = "ndcg@10"
@@ -58,6 +60,7 @@ class SuiteConfig:
     )
     history_last_n_grid: Sequence[int | None] = (None, 1, 3, 5, 10)
     dense_history_weight_grid: Sequence[float] = (0.1, 0.25, 0.5, 1.0)
+    covisit_decay_grid: Sequence[float] = (0.0, 0.3, 0.5, 0.7, 1.0)
     sasrec: dict[str, Any] = field(default_factory=dict)  # SasRecConfig overrides
     batch_size: int = 512
 
@@ -224,6 +227,26 @@ def build_baselines(
         weight = _pick(cfg.dense_history_weight_grid, dh_score, "dense+history.weight", choices)
         out.append(DenseHistoryRetriever(dense, weight, last_n))
         secs["dense+history"] = round(time.perf_counter() - t0, 2)
+
+    if "covisit" in cfg.methods:
+
+        def covisit_for(decay: float) -> CovisitRetriever:
+            return CovisitRetriever(data.train_histories, data.num_items, decay, tie_key=tie)
+
+        def covisit_score(decay: float) -> float:
+            m, _ = evaluate_cases(
+                covisit_for(decay),
+                data.recommendation_cases("valid"),
+                cfg.exclude_history,
+                cfg.batch_size,
+            )
+            return m[SELECTION_METRIC]
+
+        def covisit() -> Retriever:
+            decay = _pick(cfg.covisit_decay_grid, covisit_score, "covisit.decay", choices)
+            return covisit_for(decay)
+
+        timed("covisit", covisit)
 
     if "sasrec" in cfg.methods:
         from models_export.evaluation.baselines.sasrec import SasRecConfig, train_sasrec

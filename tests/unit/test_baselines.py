@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from models_export.evaluation.baselines.bm25 import Bm25Retriever, item_text
+from models_export.evaluation.baselines.covisit import CovisitRetriever, covisit_matrix
 from models_export.evaluation.baselines.dense import DenseHistoryRetriever, DenseRetriever
 from models_export.evaluation.baselines.history_mean import HistoryMeanRetriever
 from models_export.evaluation.baselines.popularity import PopularityRetriever
@@ -23,6 +24,7 @@ from models_export.evaluation.protocol import (
     RECOMMENDATION,
     SEARCH,
     SEARCH_HISTORY,
+    EvalCase,
     EvalQuery,
     Retriever,
 )
@@ -251,6 +253,7 @@ def test_every_baseline_satisfies_the_retriever_protocol(data: EvalData) -> None
         dense,
         DenseHistoryRetriever(dense),
         HistoryMeanRetriever(data.embeddings),
+        CovisitRetriever(data.train_histories, N_ITEMS),
     ):
         assert isinstance(r, Retriever)
         assert r.modes <= {SEARCH, SEARCH_HISTORY, RECOMMENDATION}
@@ -308,10 +311,48 @@ def test_evaluate_command_writes_json_and_markdown(tmp_path: Path) -> None:
     assert md2.count("My analysis.") == 1 and "| bm25 |" not in md2
 
 
+def test_covisit_matrix_counts_forward_pairs_by_inverse_distance() -> None:
+    m = covisit_matrix([np.array([0, 1, 2]), np.array([0, 1]), np.array([3])], 4).toarray()
+    expected = np.zeros((4, 4))
+    expected[0, 1] = 1.0 + 1.0  # adjacent in both histories
+    expected[1, 2] = 1.0
+    expected[0, 2] = 0.5  # two positions apart
+    np.testing.assert_allclose(m, expected)  # nothing backwards, nothing for a lone item
+    windowed = covisit_matrix([np.array([0, 1, 2])], 4, window=1).toarray()
+    assert windowed[0, 2] == 0.0 and windowed[0, 1] == 1.0
+
+
+def test_covisit_follows_the_most_recent_item_then_backs_off_to_popularity() -> None:
+    # 0 -> 1 often; 2 -> 3 once; item 5 is the most bought item overall.
+    train = [np.array([0, 1])] * 3 + [np.array([2, 3]), np.array([5, 4]), np.array([5, 6])]
+    train += [np.array([5])] * 2
+    decay_one = CovisitRetriever(train, 7, decay=1.0)
+    recent_only = CovisitRetriever(train, 7, decay=0.0)
+    query = EvalQuery("u", None, (0, 2))  # 2 is the most recent item
+    # Summed over the history, 0's strong link wins; counting only the last item, 2's does.
+    assert decay_one.retrieve([query], 2)[0] == [1, 3]
+    ranked = recent_only.retrieve([query], 7)[0]
+    assert ranked[0] == 3
+    # Items nothing leads to follow, by training popularity: 5 (bought 4 times) first.
+    assert ranked[1] == 5
+    # No history: popularity order.
+    assert recent_only.retrieve([EvalQuery("u", None, ())], 1)[0] == [5]
+    with pytest.raises(ValueError, match="decay"):
+        CovisitRetriever(train, 7, decay=1.5)
+
+
+def test_covisit_learns_the_sequential_pattern_popularity_cannot() -> None:
+    n_items, rng = 30, np.random.default_rng(0)
+    walks = [[(s + t) % n_items for t in range(8)] for s in rng.integers(0, n_items, 300)]
+    train = [np.asarray(w[:-2]) for w in walks]
+    test = [EvalCase(EvalQuery(f"u{u}", None, tuple(w[:-1])), w[-1]) for u, w in enumerate(walks)]
+    m, _ = evaluate_cases(CovisitRetriever(train, n_items, decay=0.0), test)
+    assert m["ndcg@10"] == 1.0  # the next item always ranks first
+
+
 def test_sasrec_learns_a_sequential_pattern_that_popularity_cannot() -> None:
     pytest.importorskip("torch")
     from models_export.evaluation.baselines.sasrec import SasRecConfig, train_sasrec
-    from models_export.evaluation.protocol import EvalCase
 
     n_items, rng = 30, np.random.default_rng(0)
     # Item i is always followed by item i+1 (mod n): each user walks from a random start.
@@ -365,6 +406,7 @@ def test_pipeline_step_writes_eval_baselines(
         ("dense+history", SEARCH_HISTORY),
         ("history-mean", RECOMMENDATION),
         ("recent-mean", RECOMMENDATION),
+        ("covisit", RECOMMENDATION),
         ("sasrec", RECOMMENDATION),
     ]:
         assert ("test", mode, method) in evaluated and ("valid", mode, method) in evaluated
