@@ -20,6 +20,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("tokenizers", "models_export.tokenizer_comparison", "compare SID tokenizers (doc)"),
     ("train-generator", "models_export.generator.train", "train + export the SID generator"),
     ("evaluate", "models_export.evaluation.cli", "Recall/NDCG of baselines (derived queries)"),
+    ("fit-prior", "models_export.generator.prior", "refit the generator's co-visitation prior"),
 ]
 
 

@@ -14,8 +14,10 @@ OUTPUT = "eval/generator_test.json"  # written by evaluate_run
 
 
 def step_generator(ctx: BuildContext) -> str:
-    """Train + export (``generator/``, ``models/generator_*``); full builds also evaluate
-    the ONNX model on the test split (every mode) into ``eval/generator_test.json``.
+    """Train + export (``generator/``, ``models/generator_*``), fit the co-visitation
+    decoding prior (``generator/covisit*``); full builds also evaluate the ONNX model on
+    the test split (every mode; recommendation also with the prior) into
+    ``eval/generator_test.json``.
 
     A quick build trains the ``tiny`` preset for one epoch: it checks the plumbing, its
     model is not meant to retrieve well."""
@@ -42,13 +44,24 @@ def step_generator(ctx: BuildContext) -> str:
             "onnx",
         )
     }
+    # the co-visitation decoding prior (training histories; weight chosen on validation)
+    from models_export.evaluation.data import load_from_dir
+    from models_export.generator.prior import fit_prior
+
+    eval_data = load_from_dir(ctx.version_dir, with_embeddings=False)
+    if ctx.quick:
+        summary["prior"] = fit_prior(
+            ctx.version_dir, eval_data, data.codes, grid=(0.0, 1.0), valid_users=50
+        )
+    else:
+        summary["prior"] = fit_prior(ctx.version_dir, eval_data, data.codes)
     if not ctx.quick:
         from models_export.generator.evaluate import evaluate_run
 
         rows = evaluate_run(ctx.version_dir, ctx.version_dir, data.codes, text=data.has_text)
         summary["file"] = OUTPUT
         summary["test"] = {
-            f"{r.mode}/{r.query_kind or '-'}": {
+            f"{r.method}/{r.mode}/{r.query_kind or '-'}": {
                 "recall@10": r.metrics["recall@10"],
                 "ndcg@10": r.metrics["ndcg@10"],
             }
@@ -61,5 +74,6 @@ def step_generator(ctx: BuildContext) -> str:
     return (
         f"generator {meta['parameters']:,} params, {meta['epochs_run']} epochs in "
         f"{meta['train_seconds']:.0f}s, valid score {best['score']:.4f}, ONNX max|diff| "
-        f"{meta['onnx']['max_abs_diff_step_logits_onnx_vs_hf']:.1e}"
+        f"{meta['onnx']['max_abs_diff_step_logits_onnx_vs_hf']:.1e}, co-visit prior weight "
+        f"{summary['prior']['weight']:g}"
     )

@@ -9,6 +9,7 @@ import numpy as np
 
 from models_export.evaluation.protocol import MODES, RECOMMENDATION, EvalQuery
 from services.retrieval.beam_search import BeamSearch, SearchOptions, StepModel
+from services.retrieval.covisit import CovisitPrior
 from services.retrieval.encoding import InputEncoder
 from services.retrieval.onnx_generator import GENERATOR_DIR, OnnxStepModel
 from services.retrieval.trie import SidTrie
@@ -18,7 +19,10 @@ __all__ = ["GENERATOR_DIR", "GenerativeRetriever", "open_onnx_retriever"]
 
 class GenerativeRetriever:
     """Encode (query, history) → constrained beam search → top-k item rows; a query's
-    ``exclude`` items are removed inside decoding (the beam is spent on the others)."""
+    ``exclude`` items are removed inside decoding (the beam is spent on the others).
+    With a ``prior``, queries without text (recommendation mode) decode with the
+    co-visitation prior fused in, as the retrieval service does; the retriever then
+    answers recommendation mode only."""
 
     def __init__(
         self,
@@ -28,13 +32,21 @@ class GenerativeRetriever:
         beam_width: int = 20,
         batch_size: int = 64,
         text: bool = True,
+        prior: CovisitPrior | None = None,
     ) -> None:
         self.name = name
         self.encoder = encoder
         self.search = search
         self.beam_width = beam_width
         self.batch_size = batch_size
-        self.modes = frozenset(MODES) if text else frozenset({RECOMMENDATION})
+        self.prior = prior
+        self.modes = frozenset(MODES) if text and prior is None else frozenset({RECOMMENDATION})
+
+    def _bonus(self, query: EvalQuery) -> np.ndarray | None:
+        if self.prior is None or query.query:
+            return None
+        num_rows = len(self.search.item_codes)
+        return self.prior.node_bonus(self.search.trie, query.history, num_rows)
 
     def retrieve(self, queries: Sequence[EvalQuery], k: int) -> list[list[int]]:
         """Top-``k`` item rows per query (fewer when the beam holds fewer items)."""
@@ -49,6 +61,7 @@ class GenerativeRetriever:
                     beam_width=self.beam_width,
                     k=k,
                     exclude=np.asarray(q.exclude, np.int64) if q.exclude else None,
+                    node_bonus=self._bonus(q),
                 )
                 for q in chunk
             ]

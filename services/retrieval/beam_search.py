@@ -75,12 +75,16 @@ class StepModel(Protocol):
 class SearchOptions:
     """Per-request options. ``trie`` None = the searcher's full trie; give a
     ``SidTrie.subset`` (same item rows) to restrict results, e.g. to a category.
-    ``exclude``: item rows never returned; removed inside decoding."""
+    ``exclude``: item rows never returned; removed inside decoding. ``node_bonus``: one
+    value per node of the query's trie, added to the logit of every edge into that node
+    before the renormalisation over valid tokens (a prior fused into decoding, e.g.
+    ``services.retrieval.covisit.CovisitPrior.node_bonus``); result scores include it."""
 
     beam_width: int = 20
     k: int = 10
     trie: SidTrie | None = None
     exclude: npt.NDArray[np.int64] | None = None
+    node_bonus: npt.NDArray[np.float32] | None = None
 
 
 @dataclass(slots=True)
@@ -223,6 +227,40 @@ def _expand_dense(
     return top_scores, top // size, top % size
 
 
+def _bonus_matrix(options: Sequence[SearchOptions]) -> FloatArray | None:
+    """(Q, most nodes) per-node bonuses, zero for queries without one; None if none has."""
+    given = [o.node_bonus for o in options]
+    if all(b is None for b in given):
+        return None
+    width = max(len(b) for b in given if b is not None)
+    out = np.zeros((len(options), width), dtype=np.float32)
+    for q, b in enumerate(given):
+        if b is not None:
+            out[q, : len(b)] = b
+    return out
+
+
+def _add_bonus(
+    logits: FloatArray,
+    rows: IntArray,
+    offset: int,
+    edges: tuple[IntArray, IntArray, IntArray],
+    width_in: int,
+    bonus: FloatArray | None,
+) -> FloatArray:
+    """``logits`` with each edge's child bonus added at (its beam's row, its token); beams
+    that did not run (row -1) are skipped: their one valid token scores 0 whatever it gets."""
+    if bonus is None:
+        return logits
+    beam, token, child = edges
+    edge_rows = rows.reshape(-1)[beam]
+    ran = edge_rows >= 0
+    out = np.array(logits, dtype=np.float32, copy=True).reshape(-1, logits.shape[-1])
+    # (row, token) pairs are unique: one row per running beam, one edge per token
+    out[edge_rows[ran], token[ran] + offset] += bonus[beam[ran] // width_in, child[ran]]
+    return out.reshape(logits.shape)
+
+
 class BeamSearch:
     """Batched beam search of SIDs; ``constrained=False`` drops the trie (for comparison).
 
@@ -270,6 +308,15 @@ class BeamSearch:
                 raise InvalidInputError("k must be >= 1")
             if o.trie is not None and o.trie.codebook_sizes != self.trie.codebook_sizes:
                 raise InvalidInputError("a request trie must share the model's codebooks")
+            if o.node_bonus is not None:
+                if not self.constrained:
+                    raise InvalidInputError("node_bonus needs constrained decoding")
+                nodes = (o.trie if o.trie is not None else self.trie).num_nodes
+                if np.shape(o.node_bonus) != (nodes,):
+                    raise InvalidInputError(
+                        f"node_bonus must have one value per trie node ({nodes}), "
+                        f"got shape {np.shape(o.node_bonus)}"
+                    )
 
     def _groups(self, options: Sequence[SearchOptions]) -> list[tuple[SidTrie, IntArray]]:
         """Queries grouped by the trie that constrains them."""
@@ -447,6 +494,7 @@ class BeamSearch:
         ks = np.asarray([o.k for o in options], dtype=np.int64)
         cache = self.model.empty_cache(q_count)
         scores = np.zeros((q_count, 1), dtype=np.float32)
+        bonus = _bonus_matrix(options)
         beam, token, child, rows, run_tokens, run_src, n_run = plan_first_level(
             q_count, csr, dead, dead_ptr, DECODER_START_ID
         )
@@ -458,6 +506,9 @@ class BeamSearch:
                 model_s += time.perf_counter() - t0
             else:  # every beam is forced: no decoder run, no logits read
                 logits = self._no_logits
+            if n_run and bonus is not None:
+                edges = (beam, token, child)
+                logits = _add_bonus(logits, rows, offsets[level], edges, scores.shape[1], bonus)
             if level == last:
                 break
             scores, beam, token, child, rows, run_tokens, run_src, n_run = advance_and_plan(
@@ -502,6 +553,7 @@ class BeamSearch:
         scores = np.zeros((q_count, 1), dtype=np.float32)
         nodes = np.zeros((q_count, 1), dtype=np.int64)  # root
         codes = np.zeros((q_count, 1, 0), dtype=np.int64)
+        bonus = _bonus_matrix(options)
         for level in range(layout.depth):
             width_in = nodes.shape[1]
             run: npt.NDArray[np.bool_] | None = None
@@ -518,6 +570,8 @@ class BeamSearch:
             logits, cache, rows, step_s = self._step_some(tokens, src, cache, cross, run)
             model_s += step_s
             if self.constrained:
+                edges = (beam, token, child)
+                logits = _add_bonus(logits, rows, offsets[level], edges, width_in, bonus)
                 top_scores, parent, token, edge = expand_edges(
                     logits, rows.reshape(-1), offsets[level], beam, token, scores, widths, b_max
                 )

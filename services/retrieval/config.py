@@ -32,3 +32,9 @@ class RetrievalSettings(ServiceSettings):
     # spare core, 2 (spinning) threads cut its time; the decoder steps stay on
     # INTRA_OP_THREADS. 0 = INTRA_OP_THREADS.
     encoder_threads: int = Field(0, ge=0, le=64, description="generator encoder threads")
+    # Recommendation requests (history, no query text) decode with the artifact's
+    # co-visitation prior fused in, at the weight chosen on validation (0 there = off).
+    covisit_prior: bool = Field(True, description="fuse the co-visitation prior when present")
+    covisit_prior_weight: float | None = Field(
+        None, ge=0, description="override the artifact's prior weight (0 = off)"
+    )

@@ -26,6 +26,7 @@ from services.retrieval import metrics
 from services.retrieval.ann import AnnIndex
 from services.retrieval.catalog import Catalog
 from services.retrieval.config import RetrievalSettings
+from services.retrieval.covisit import CovisitPrior
 from services.retrieval.trie import SidTrie
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class DecodeJob:
     beam_width: int
     n_results: int
     exclude_rows: np.ndarray
+    node_bonus: np.ndarray | None = None  # a decoding prior per trie node (see covisit)
 
 
 class SidGenerator(Protocol):
@@ -125,6 +127,7 @@ class RetrievalEngine:
         *,
         manifest_sha256: str = "",
         model_names: Sequence[str] = (),
+        prior: CovisitPrior | None = None,
     ) -> None:
         self.settings = settings
         self.version = version
@@ -135,6 +138,7 @@ class RetrievalEngine:
         self.generator = generator
         self.ann = ann
         self.embedder = embedder
+        self.prior = prior
         self.cost = BeamCostModel()
         self._filter_tries: OrderedDict[tuple[str, ...], SidTrie] = OrderedDict()
         self._filter_lock = threading.Lock()
@@ -223,15 +227,34 @@ class RetrievalEngine:
         return sub
 
     def job(self, prepared: Prepared) -> DecodeJob:
-        """The decoding problem: exclusions are pruned inside decoding, not post-filtered."""
+        """The decoding problem: exclusions are pruned inside decoding, not post-filtered;
+        a history-only request gets the co-visitation prior fused in."""
+        trie = self.trie_for(prepared)
         return DecodeJob(
             query=prepared.query,
             history_rows=prepared.history_rows,
-            trie=self.trie_for(prepared),
+            trie=trie,
             beam_width=prepared.beam_width,
             n_results=prepared.k,
             exclude_rows=np.asarray(sorted(prepared.exclude), dtype=np.int64),
+            node_bonus=self._prior_bonus(prepared, trie),
         )
+
+    def _prior_bonus(self, prepared: Prepared, trie: SidTrie) -> np.ndarray | None:
+        """The prior's per-node bonus for a history-only request, else None. A failure
+        degrades the request to the generator alone."""
+        if self.prior is None or prepared.query or not len(prepared.history_rows):
+            return None
+        try:
+            bonus = self.prior.node_bonus(trie, prepared.history_rows.tolist(), len(self.catalog))
+        except Exception as exc:  # an optional stage: never fail the request for it
+            log.exception("co-visitation prior failed")
+            prepared.degraded.append(
+                common_pb2.Degradation(stage="retrieval.prior", reason=f"prior failed: {exc}")
+            )
+            return None
+        metrics.PRIOR.labels("fused" if bonus is not None else "skipped").inc()
+        return bonus
 
     # -- decoding (runs in the batcher's worker thread) ----------------------
 

@@ -32,6 +32,7 @@ class OnnxSidGenerator:
                 k=job.n_results,
                 trie=None if job.trie is self.search.trie else job.trie,
                 exclude=job.exclude_rows if len(job.exclude_rows) else None,
+                node_bonus=job.node_bonus,
             )
             for job in jobs
         ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -14,6 +15,7 @@ from services.retrieval.ann import AnnIndex
 from services.retrieval.beam_search import BeamSearch
 from services.retrieval.catalog import Catalog
 from services.retrieval.config import RetrievalSettings
+from services.retrieval.covisit import SETTINGS_FILE, TABLE_FILE, CovisitPrior
 from services.retrieval.encoding import CONFIG_FILE, TOKENIZER_FILE, EncodingConfig, InputEncoder
 from services.retrieval.engine import DecodeJob, RetrievalEngine
 from services.retrieval.generator import OnnxSidGenerator
@@ -49,6 +51,20 @@ def _codes_and_trie(
     return codes, SidTrie.build(codes, encoder_sizes, version=arts.version)
 
 
+def _prior(arts: ArtifactSet, settings: RetrievalSettings, n_items: int) -> CovisitPrior | None:
+    """The co-visitation decoding prior, when enabled, present and chosen (weight > 0)."""
+    if not (settings.covisit_prior and arts.has(TABLE_FILE) and arts.has(SETTINGS_FILE)):
+        return None
+    prior = CovisitPrior.from_files(arts.path(TABLE_FILE), arts.path(SETTINGS_FILE))
+    if prior.table.num_items != n_items:
+        raise ArtifactIntegrityError(
+            f"co-visitation table covers {prior.table.num_items} items, the catalog {n_items}"
+        )
+    if settings.covisit_prior_weight is not None:
+        prior = dataclasses.replace(prior, weight=settings.covisit_prior_weight)
+    return prior if prior.weight > 0 else None
+
+
 def load_engine(settings: RetrievalSettings) -> RetrievalEngine:
     """Open the configured version, load every model, warm up and calibrate the beam cost."""
     start = time.perf_counter()
@@ -69,6 +85,7 @@ def load_engine(settings: RetrievalSettings) -> RetrievalEngine:
         embedder = TextEncoder(
             arts.path(TEXT_ENCODER), arts.path(TEXT_TOKENIZER), settings.intra_op_threads
         )
+    prior = _prior(arts, settings, len(catalog))
     engine = RetrievalEngine(
         settings,
         arts.version,
@@ -79,6 +96,7 @@ def load_engine(settings: RetrievalSettings) -> RetrievalEngine:
         embedder,
         manifest_sha256=arts.manifest_sha256,
         model_names=[ENCODER_NAME, DECODER_NAME, *(["text_encoder"] if embedder else [])],
+        prior=prior,
     )
     warm_up(engine)
     log.info(
@@ -87,6 +105,7 @@ def load_engine(settings: RetrievalSettings) -> RetrievalEngine:
             "version": arts.version,
             "items": len(catalog),
             "depth": trie.depth,
+            "prior_weight": prior.weight if prior else 0.0,
             "seconds": round(time.perf_counter() - start, 2),
         },
     )

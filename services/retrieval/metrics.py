@@ -37,3 +37,9 @@ BEAM_REDUCED = Counter(
     "gensearch_retrieval_beam_reduced_total",
     "Requests decoded with a smaller beam than asked because of the deadline.",
 )
+PRIOR = Counter(
+    "gensearch_retrieval_prior_total",
+    "History-only requests by what the co-visitation decoding prior did: fused into decoding, "
+    "or skipped (the history leads to no co-visited item, or a cold-start delta is pending).",
+    ["outcome"],
+)

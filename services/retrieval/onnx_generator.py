@@ -231,6 +231,7 @@ class OnnxSidGenerator:
                 k=j.n_results,
                 trie=j.trie,
                 exclude=getattr(j, "exclude_rows", None),
+                node_bonus=getattr(j, "node_bonus", None),
             )
             for j in jobs
         ]

@@ -374,6 +374,25 @@ class _Core:
         counts = np.diff(self.ptr[level][: n_parent + 1])
         return np.repeat(np.arange(n_parent, dtype=np.int64), counts) + self.offsets[level]
 
+    def subtree_sums(self, values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """(Q, num_nodes): per row of ``values`` (Q, item rows), the sum over the items under
+        every node (global ids). Each node's items are one contiguous run in SID order, so
+        this is one ``reduceat`` per depth, leaves first."""
+        out = np.zeros((values.shape[0], self.num_nodes), dtype=np.float64)
+        depth, off = self.depth, self.offsets
+        n_leaf = self.level_count(depth)
+        if not n_leaf:
+            return out
+        per_item = values[:, self.leaf_items]
+        out[:, off[depth] : off[depth + 1]] = np.add.reduceat(
+            per_item, self.leaf_ptr[:n_leaf].astype(np.int64), axis=1
+        )
+        for t in range(depth - 1, -1, -1):  # every inner node has at least one child
+            below = out[:, off[t + 1] : off[t + 2]]
+            starts = self.ptr[t][: self.level_count(t)].astype(np.int64)
+            out[:, off[t] : off[t + 1]] = np.add.reduceat(below, starts, axis=1)
+        return out
+
     def nbytes(self) -> int:
         arrays: list[np.ndarray[Any, Any] | None] = [self.leaf_ptr, self.leaf_items]
         arrays += [self.flat.ptr, self.flat.tok]  # ``ptr`` / ``tok`` are views of these
@@ -695,6 +714,22 @@ class SidTrie:
                 parts.append(delta.core.leaf_rows(d - d_lo))
             out.append(np.concatenate(parts) if parts else np.zeros(0, np.int64))
         return out
+
+    def subtree_sums(self, values: npt.ArrayLike) -> npt.NDArray[np.float64] | None:
+        """(Q, num_nodes) float64: for each row of ``values`` (Q, item rows; 1-D = one row),
+        the sum of the values of the items under every node, the root included (e.g. the
+        prior probability mass of every SID prefix). None while a cold-start delta exists:
+        its nodes are not covered (callers go without, see ``compact``)."""
+        if self._delta is not None:
+            return None
+        arr = np.atleast_2d(np.asarray(values, dtype=np.float64))
+        rows = self._all_rows()
+        if arr.ndim != 2 or (len(rows) and arr.shape[1] <= int(rows[-1])):
+            raise InvalidInputError(
+                f"values must be (Q, >= {int(rows[-1]) + 1 if len(rows) else 0}) "
+                f"over item rows, got shape {arr.shape}"
+            )
+        return self._core.subtree_sums(arr)
 
     def valid_next_mask(self, prefixes: npt.ArrayLike) -> BoolArray:
         """Mask of valid next tokens after each prefix (int (B, t), 0 <= t < L).

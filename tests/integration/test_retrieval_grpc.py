@@ -25,6 +25,7 @@ from services.common.artifacts import ArtifactRepository
 from services.common.generated.gensearch.common.v1 import common_pb2
 from services.common.generated.gensearch.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.catalog import CATEGORY_SEP
+from services.retrieval.covisit import SETTINGS_FILE, TABLE_FILE, CovisitPrior
 
 pytestmark = pytest.mark.integration
 
@@ -206,6 +207,35 @@ def test_unaffordable_beam_is_shrunk_and_said(artifact_root: Path, tmp_path: Pat
         assert {c.source for c in reply.candidates} == {GENERATED, ANN}
         assert served.metric("gensearch_retrieval_beam_reduced_total") == 1
         assert served.metric("gensearch_retrieval_ann_fill_total") == 1
+
+
+def test_history_only_requests_fuse_the_covisitation_prior(
+    artifact_root: Path, tmp_path: Path
+) -> None:
+    # With an overwhelming prior weight, decoding follows the prior's mass: the first item
+    # is the one the co-visitation table ranks first for this history. Requests with
+    # query text decode without the prior.
+    arts = ArtifactRepository(artifact_root).open()
+    prior = CovisitPrior.from_files(arts.path(TABLE_FILE), arts.path(SETTINGS_FILE))
+    env = {"GENSEARCH_RETRIEVAL_COVISIT_PRIOR_WEIGHT": "1000"}
+    with _serve(artifact_root, tmp_path, env) as served:
+        m = prior.table.matrix
+        # an item that leads somewhere, with one clear favourite
+        start = next(
+            r
+            for r in range(m.shape[0])
+            if m.indptr[r + 1] > m.indptr[r]
+            and np.sum(m.data[m.indptr[r] : m.indptr[r + 1]] == m[r].max()) == 1
+        )
+        user = common_pb2.UserContext(user_id="u1", recent_item_ids=[served.item_ids[start]])
+        dist = prior.distribution([start], len(served.item_ids))
+        assert dist is not None
+        reply = served.stub.Retrieve(_request(user=user, k=5, beam_width=128), timeout=10)
+        assert reply.candidates[0].item_id == served.item_ids[int(np.argmax(dist))]
+        assert reply.candidates[0].source == GENERATED
+        assert served.metric("gensearch_retrieval_prior_total", {"outcome": "fused"}) == 1
+        served.stub.Retrieve(_request(query="digital caliper", user=user, k=5), timeout=10)
+        assert served.metric("gensearch_retrieval_prior_total") == 1
 
 
 def test_deadline_already_too_short_is_deadline_exceeded(retrieval: RetrievalClient) -> None:

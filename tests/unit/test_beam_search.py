@@ -402,6 +402,7 @@ def test_forced_paths_in_a_batch_of_several_tries_answer_as_alone() -> None:
     exclude_share=st.sampled_from([0.0, 0.1, 0.5]),
     collisions=st.booleans(),
     subset=st.booleans(),
+    bonus=st.booleans(),
     seed=st.integers(0, 10_000),
 )
 def test_compiled_levels_match_the_general_path(
@@ -411,11 +412,12 @@ def test_compiled_levels_match_the_general_path(
     exclude_share: float,
     collisions: bool,
     subset: bool,
+    bonus: bool,
     seed: int,
 ) -> None:
     """The compiled per-level loops (one trie, no delta) give the general numpy path's
     items, scores and decoder calls, with exclusions, collisions, forced paths, a category
-    sub-trie and several beam widths in one batch."""
+    sub-trie, node bonuses on some queries and several beam widths in one batch."""
     sizes = (5, 3, 4, 2)
     layout = TokenLayout(sizes, n_words=4)
     rng = np.random.default_rng(seed)
@@ -427,8 +429,15 @@ def test_compiled_levels_match_the_general_path(
     options = []
     for i, w in enumerate(widths):
         drop = np.flatnonzero(rng.random(len(codes)) < exclude_share)
+        extra = rng.normal(0, 2, trie.num_nodes).astype(np.float32) if bonus and i % 2 else None
         options.append(
-            SearchOptions(beam_width=w, k=ks[i], trie=trie, exclude=drop if drop.size else None)
+            SearchOptions(
+                beam_width=w,
+                k=ks[i],
+                trie=trie,
+                exclude=drop if drop.size else None,
+                node_bonus=extra,
+            )
         )
     out = {}
     for compiled in (True, False):
@@ -441,6 +450,73 @@ def test_compiled_levels_match_the_general_path(
         assert a.items.tolist() == b.items.tolist()
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
         assert a.invalid_sids == b.invalid_sids == 0
+
+
+def brute_force_fused(
+    model: FakeStepModel,
+    trie: SidTrie,
+    codes: np.ndarray,
+    query: tuple[int, ...],
+    bonus: np.ndarray,
+) -> dict[int, float]:
+    """Exact score of every item when each step renormalises logit + bonus of the child."""
+    layout = model.layout
+    out: dict[int, float] = {}
+    for r in range(len(codes)):
+        total, node = 0.0, np.zeros(1, np.int64)
+        prefix: tuple[int, ...] = ()
+        for level in range(layout.depth):
+            valid = np.flatnonzero(trie.next_mask(level, node)[0])
+            children = trie.advance(level, np.repeat(node, len(valid)), valid)
+            logits = model.logits_for(query, prefix)[layout.level_slice(level)][valid]
+            lp = log_softmax(logits + bonus[children])
+            pick = valid.tolist().index(codes[r, level])
+            total += float(lp[pick])
+            node = children[pick : pick + 1]
+            prefix = (*prefix, int(codes[r, level]) + layout.level_offsets[level])
+        out[r] = total
+    return out
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_node_bonus_is_fused_into_every_step_before_renormalising(
+    setup: tuple, compiled: bool
+) -> None:
+    layout, codes, trie, model = setup
+    rng = np.random.default_rng(7)
+    bonus = rng.normal(0, 3, trie.num_nodes).astype(np.float32)
+    search = BeamSearch(model, layout, trie, codes, compiled=compiled)
+    wide = SearchOptions(beam_width=len(codes), k=len(codes), node_bonus=bonus)
+    fused = search.search(batch_of([[4, 2]]), [wide])[0]
+    exact = brute_force_fused(model, trie, codes, (4, 2), bonus)
+    assert fused.items.tolist() == sorted(exact, key=lambda r: -exact[r])
+    np.testing.assert_allclose(fused.scores, [exact[r] for r in fused.items], atol=1e-4)
+    # still a distribution over the valid SIDs, and different from the unfused search
+    assert np.exp(fused.scores.astype(np.float64)).sum() == pytest.approx(1.0, abs=1e-4)
+    plain = search.search(batch_of([[4, 2]]), [SearchOptions(beam_width=len(codes), k=10)])[0]
+    assert plain.items.tolist() != fused.items.tolist()[:10]
+
+
+def test_a_dominant_bonus_decides_the_result(setup: tuple) -> None:
+    layout, codes, trie, model = setup
+    target = 17
+    mass = np.full(len(codes), 1e-6)
+    mass[target] = 1.0
+    bonus = (50.0 * np.log(trie.subtree_sums(mass)[0])).astype(np.float32)
+    search = BeamSearch(model, layout, trie, codes)
+    res = search.search(batch_of([[1]]), [SearchOptions(beam_width=2, k=3, node_bonus=bonus)])
+    assert res[0].items[0] == target
+
+
+def test_node_bonus_of_the_wrong_size_is_rejected(setup: tuple) -> None:
+    layout, codes, trie, model = setup
+    search = BeamSearch(model, layout, trie, codes)
+    bad = SearchOptions(node_bonus=np.zeros(trie.num_nodes + 1, np.float32))
+    with pytest.raises(InvalidInputError, match="node_bonus"):
+        search.search(batch_of([[1]]), [bad])
+    loose = BeamSearch(model, layout, trie, codes, constrained=False)
+    with pytest.raises(InvalidInputError, match="constrained"):
+        loose.search(batch_of([[1]]), [SearchOptions(node_bonus=np.zeros(trie.num_nodes))])
 
 
 def test_a_cold_start_delta_takes_the_general_path() -> None:

@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from models_export import ingest
+from models_export.evaluation.data import EvalData
 from models_export.evaluation.protocol import RECOMMENDATION, EvalQuery
 from models_export.generator.dataset import (
     MixSettings,
@@ -25,11 +26,13 @@ from models_export.generator.dataset import (
 )
 from models_export.generator.export_onnx import check_against_hf
 from models_export.generator.model import PRESETS, build_model
-from models_export.generator.retriever import open_onnx_retriever
+from models_export.generator.prior import fit_prior
+from models_export.generator.retriever import GenerativeRetriever, open_onnx_retriever
 from models_export.generator.train import TrainSettings, load_sids, train
 from models_export.generator.vocab import train_wordpiece
 from services.common.errors import InvalidInputError
 from services.retrieval.beam_search import BeamSearch, SearchOptions
+from services.retrieval.covisit import SETTINGS_FILE, TABLE_FILE, CovisitPrior
 from services.retrieval.encoding import (
     EOS_ID,
     N_SPECIAL,
@@ -331,6 +334,34 @@ def test_tiny_training_learns_the_catalog_and_exports(tmp_path: Path) -> None:
     assert [s for _, s in first] == sorted((s for _, s in first), reverse=True)
     assert len(second) == 5
     assert all(r in set(allowed.tolist()) - {0, 2} for r, _ in second)
+
+    # the co-visitation prior: counted on training histories, weight chosen on validation,
+    # fused into history-only decoding (here every history steps by 3 items)
+    eval_data = EvalData(
+        item_ids=[i.item_id for i in items],
+        titles=[i.title for i in items],
+        brands=[""] * len(items),
+        descriptions=[""] * len(items),
+        categories=[i.categories for i in items],
+        user_ids=[u.user_id for u in users],
+        train_histories=[np.array([int(x) for x in u.train_history]) for u in users],
+        valid_targets=np.array([int(u.valid_target) for u in users]),
+        test_targets=np.array([int(u.test_target) for u in users]),
+        queries=[],
+    )
+    fitted = fit_prior(tmp_path / "run", eval_data, codes, grid=(0.0, 4.0), beam_width=5)
+    assert set(fitted["valid_grid"]) == {"0", "4"} and fitted["weight"] in (0.0, 4.0)
+    prior = CovisitPrior.from_files(tmp_path / "run" / TABLE_FILE, tmp_path / "run" / SETTINGS_FILE)
+    assert prior.weight == fitted["weight"]
+    fused = GenerativeRetriever(
+        "fused",
+        retriever.encoder,
+        retriever.search,
+        5,
+        prior=dataclasses.replace(prior, weight=50.0),
+    )
+    assert fused.modes == frozenset({RECOMMENDATION})
+    assert fused.retrieve([EvalQuery("u", None, (0, 3))], 1)[0] == [6]
 
 
 def test_log_without_text_trains_in_recommendation_mode(tmp_path: Path) -> None:

@@ -530,3 +530,28 @@ def assert_same_trie_on_samples(trie: SidTrie, codes: np.ndarray) -> None:
         prefixes = np.concatenate([real, noise])
         want = np.stack([ref_mask(ref, tuple(p), 256) for p in prefixes.tolist()])
         np.testing.assert_array_equal(trie.valid_next_mask(prefixes), want)
+
+
+def test_subtree_sums_add_up_the_items_under_every_node() -> None:
+    sizes = (3, 4, 2)
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 2, (40, 3))  # many collisions: leaves with several items
+    trie = SidTrie.build(codes, sizes)
+    values = rng.random((2, len(codes)))
+    sums = trie.subtree_sums(values)
+    assert sums is not None and sums.shape == (2, trie.num_nodes)
+    np.testing.assert_allclose(sums[:, 0], values.sum(axis=1))  # the root
+    for row in range(len(codes)):  # each prefix node: the items that share that prefix
+        node = np.zeros(1, np.int64)
+        for level in range(len(sizes)):
+            node = trie.advance(level, node, codes[row : row + 1, level])
+            same = np.all(codes[:, : level + 1] == codes[row, : level + 1], axis=1)
+            np.testing.assert_allclose(sums[:, node[0]], values[:, same].sum(axis=1))
+    sub = trie.subset(np.arange(0, 40, 3))
+    sub_sums = sub.subtree_sums(values[0])
+    assert sub_sums is not None
+    assert sub_sums[0, 0] == pytest.approx(values[0, ::3].sum())
+    with pytest.raises(InvalidInputError):
+        trie.subtree_sums(np.ones((1, 5)))
+    trie.add_items(np.array([[2, 3, 1]]))
+    assert trie.subtree_sums(np.ones((1, 41))) is None

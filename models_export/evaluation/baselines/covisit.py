@@ -1,5 +1,8 @@
 """Item-to-item co-visitation ("bought A, then bought B"), counted from TRAINING histories.
 
+The counting lives in ``services.retrieval.covisit`` (the retrieval service fuses the same
+table into decoding); this is the harness baseline that ranks by it alone.
+
 The classic production candidate generator (item-based collaborative filtering: Linden,
 Smith & York, IEEE Internet Computing 2003; the session co-visitation matrices of
 e-commerce recommenders). For every training history and every ordered pair of positions
@@ -14,44 +17,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import scipy.sparse as sp
 
 from models_export.evaluation.protocol import RECOMMENDATION, EvalQuery, top_k_rows
+from services.retrieval.covisit import CovisitTable, covisit_matrix
+
+__all__ = ["CovisitRetriever", "covisit_matrix"]
 
 # Popularity only orders the items that no history item leads to: every co-visit score is
 # at least 1 / (longest history), far above this scale.
 _BACKOFF_SCALE = 1e-6
-
-
-def covisit_matrix(
-    train_histories: Sequence[np.ndarray], num_items: int, window: int | None = None
-) -> sp.csr_matrix:
-    """(N, N) forward co-visitation counts: row a, column b += 1/(j - i) for a at i, b at j > i
-    (pairs further apart than ``window`` positions are skipped when it is given)."""
-    rows: list[np.ndarray] = []
-    cols: list[np.ndarray] = []
-    vals: list[np.ndarray] = []
-    for hist in train_histories:
-        h = np.asarray(hist, dtype=np.int64)
-        n = len(h)
-        if n < 2:
-            continue
-        i, j = np.triu_indices(n, k=1)
-        gap = j - i
-        if window is not None:
-            keep = gap <= window
-            i, j, gap = i[keep], j[keep], gap[keep]
-        rows.append(h[i])
-        cols.append(h[j])
-        vals.append(1.0 / gap)
-    if not rows:
-        return sp.csr_matrix((num_items, num_items), dtype=np.float64)
-    m = sp.coo_matrix(
-        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-        shape=(num_items, num_items),
-        dtype=np.float64,
-    )
-    return m.tocsr()  # duplicate (a, b) entries are summed
 
 
 class CovisitRetriever:
@@ -73,10 +47,8 @@ class CovisitRetriever:
             raise ValueError(f"decay must be in [0, 1], got {decay}")
         if last_n < 1:
             raise ValueError(f"last_n must be >= 1, got {last_n}")
-        self.matrix = covisit_matrix(train_histories, num_items, window)
-        counts = np.zeros(num_items, dtype=np.float64)
-        for hist in train_histories:
-            np.add.at(counts, np.asarray(hist, dtype=np.int64), 1.0)
+        self.table = CovisitTable.from_histories(train_histories, num_items, window)
+        counts = self.table.popularity
         self.backoff = _BACKOFF_SCALE * counts / max(float(counts.max(initial=0.0)), 1.0)
         self.decay = decay
         self.last_n = last_n
@@ -85,12 +57,7 @@ class CovisitRetriever:
 
     def scores(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
         """(B, N) co-visit score of every item for each history (plus the popularity back-off)."""
-        weights = sp.lil_matrix((len(histories), self.num_items), dtype=np.float64)
-        for b, hist in enumerate(histories):
-            recent = list(hist)[-self.last_n :][::-1]  # most recent first
-            for age, item in enumerate(recent):
-                weights[b, item] += self.decay**age
-        out = (weights.tocsr() @ self.matrix).toarray()
+        out = self.table.scores(histories, self.decay, self.last_n)
         return out + self.backoff[None, :]
 
     def retrieve(self, queries: Sequence[EvalQuery], k: int) -> list[list[int]]:
