@@ -13,7 +13,9 @@ kept. The encoder runs once per query; its cross-attention K/V are computed once
 all beams; the decoder's self-attention K/V are cached and reordered with the beams. A beam
 whose remaining path through the trie is forced (one valid token at every level left) gets no
 more decoder runs: renormalised over one token, its score cannot change. Finished hypotheses
-are leaves of the trie, so no invalid SID can come out of constrained mode.
+are leaves of the trie, so no invalid SID can come out of constrained mode. An optional
+per-node bonus (a prior, see ``covisit.py``) is added to each valid edge's logit before the
+renormalisation, so a step's distribution becomes the product of the model's and the prior's.
 """
 
 from __future__ import annotations
