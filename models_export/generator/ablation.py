@@ -32,13 +32,17 @@ from services.common.config import artifact_root
 TARGETS = {
     "search+history/category": ("NDCG@10 >= 0.355", None, 0.355),
     "recommendation/-": ("beat SASRec R@10 0.099 / NDCG@10 0.071", 0.099, 0.071),
+    "recommendation+covisit/-": ("beat SASRec R@10 0.099 / NDCG@10 0.071", 0.099, 0.071),
 }
+# "recommendation+covisit": the same requests decoded with the run's co-visitation prior
+# fused in (as the retrieval service serves history-only requests), when the run has one
 ORDER = [
     ("search", "category"),
     ("search", "title"),
     ("search+history", "category"),
     ("search+history", "title"),
     ("recommendation", None),
+    ("recommendation+covisit", None),
 ]
 
 
@@ -72,8 +76,17 @@ def evaluate_runs(
             exclude_history=exclude_history,
         )
         metrics = {
-            f"{r.mode}/{r.query_kind or '-'}": r.metrics for r in rows if r.metrics is not None
+            f"{r.mode}/{r.query_kind or '-'}": r.metrics
+            for r in rows
+            if r.metrics is not None and r.method == name
         }
+        metrics.update(
+            {
+                f"{r.mode}+covisit/{r.query_kind or '-'}": r.metrics
+                for r in rows
+                if r.metrics is not None and r.method == f"{name}+covisit"
+            }
+        )
         out.append(
             {
                 "name": name,
@@ -109,6 +122,8 @@ def markdown(doc: dict[str, Any]) -> str:
     ]
     for mode, kind in ORDER:
         key = f"{mode}/{kind or '-'}"
+        if mode.endswith("+covisit") and not any(key in r["metrics"] for r in runs):
+            continue  # no run has a prior
         cells = []
         for r in runs:
             m = r["metrics"].get(key)

@@ -28,7 +28,7 @@ from models_export.generator.retriever import open_onnx_retriever
 from services.common.artifacts import ArtifactRepository, write_manifest
 from services.retrieval.covisit import SETTINGS_FILE, TABLE_FILE, CovisitPrior, CovisitTable
 
-WEIGHT_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
+WEIGHT_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 SELECTION_METRIC = "ndcg@10"
 
 

@@ -79,6 +79,19 @@ class CovisitTable:
             )
         self.matrix = matrix.tocsr()
         self.popularity = pop
+        self._backoff: dict[int, npt.NDArray[np.float64]] = {}
+
+    def backoff(self, num_rows: int) -> npt.NDArray[np.float64]:
+        """(num_rows,) add-one training popularity, normalised (rows the table does not know
+        count as never bought); cached per size."""
+        cached = self._backoff.get(num_rows)
+        if cached is None:
+            known = min(num_rows, self.num_items)
+            cached = np.ones(num_rows, dtype=np.float64)
+            cached[:known] += self.popularity[:known]
+            cached /= cached.sum()
+            self._backoff = {num_rows: cached}  # one size at a time: the catalog's
+        return cached
 
     @property
     def num_items(self) -> int:
@@ -128,18 +141,17 @@ class CovisitTable:
             raise InvalidInputError(f"decay must be in [0, 1], got {decay}")
         if last_n < 1:
             raise InvalidInputError(f"last_n must be >= 1, got {last_n}")
-        r: list[int] = []
-        c: list[int] = []
-        w: list[float] = []
+        m = self.matrix
+        out = np.zeros((len(histories), self.num_items), dtype=np.float64)
         for b, hist in enumerate(histories):
             recent = list(hist)[-last_n:][::-1]  # most recent first
             for age, item in enumerate(recent):
-                if 0 <= item < self.num_items and decay**age > 0:
-                    r.append(b)
-                    c.append(int(item))
-                    w.append(decay**age)
-        weights = sp.csr_matrix((w, (r, c)), shape=(len(histories), self.num_items))
-        out: npt.NDArray[np.float64] = (weights @ self.matrix).toarray()
+                weight = decay**age
+                if weight == 0 or not 0 <= item < self.num_items:
+                    continue
+                lo, hi = m.indptr[item], m.indptr[item + 1]
+                # a CSR row holds each column once: a plain fancy-indexed add is exact
+                out[b, m.indices[lo:hi]] += weight * m.data[lo:hi]
         return out
 
 
@@ -196,12 +208,8 @@ class CovisitPrior:
         if total <= 0:
             return None
         known = min(num_rows, self.table.num_items)
-        pop = np.ones(num_rows, dtype=np.float64)
-        pop[:known] += self.table.popularity[:known]
-        out = np.zeros(num_rows, dtype=np.float64)
-        out[:known] = cov[:known] / total
-        out *= 1.0 - self.smoothing
-        out += self.smoothing * pop / pop.sum()
+        out = self.smoothing * self.table.backoff(num_rows)
+        out[:known] += ((1.0 - self.smoothing) / total) * cov[:known]
         return out
 
     def node_bonus(
