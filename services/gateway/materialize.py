@@ -18,13 +18,16 @@ from services.common.config import artifact_root
 from services.gateway.breaker import CircuitBreaker
 from services.gateway.store import FeatureStore, ItemFeatures, RedisStore
 
-MAX_HISTORY = 50
+# The stored history also backs ``exclude_history`` ("leave out what the user already has"),
+# so it keeps far more than the 20 recent items retrieval reads: every user of the shared
+# log fits (the longest history has 78 items).
+MAX_HISTORY = 200
 POPULAR_SIZE = 500
 _BATCH = 2000
 
 
 async def materialize(store: FeatureStore, artifacts: ArtifactSet) -> dict[str, int]:
-    """Write items, user histories (last 50 items) and the popularity list; return counts."""
+    """Write items, user histories (last ``MAX_HISTORY``) and the popularity list; return counts."""
     version = artifacts.version
     items_table = pq.read_table(artifacts.path("tables/items.parquet")).to_pylist()
     items: dict[str, ItemFeatures] = {
