@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from models_export.generator.dataset import load_training_data
 from models_export.generator.train import TrainSettings, load_sids, train
@@ -49,12 +49,8 @@ def step_generator(ctx: BuildContext) -> str:
     from models_export.generator.prior import fit_prior
 
     eval_data = load_from_dir(ctx.version_dir, with_embeddings=False)
-    if ctx.quick:
-        summary["prior"] = fit_prior(
-            ctx.version_dir, eval_data, data.codes, grid=(0.0, 1.0), valid_users=50
-        )
-    else:
-        summary["prior"] = fit_prior(ctx.version_dir, eval_data, data.codes)
+    small: dict[str, Any] = {"grid": (0.0, 1.0), "valid_users": 50} if ctx.quick else {}
+    summary["prior"] = fit_prior(ctx.version_dir, eval_data, data.codes, **small)
     if not ctx.quick:
         from models_export.generator.evaluate import evaluate_run
 

@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from models_export.evaluation.data import EvalData, load_from_dir
+from models_export.evaluation.data import EvalData, load_eval_data
 from models_export.evaluation.harness import evaluate_cases
 from models_export.generator.retriever import open_onnx_retriever
 from services.common.artifacts import ArtifactRepository, write_manifest
 from services.retrieval.covisit import SETTINGS_FILE, TABLE_FILE, CovisitPrior, CovisitTable
+from services.retrieval.loader import GENERATOR_CODES
 
 WEIGHT_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 SELECTION_METRIC = "ndcg@10"
@@ -40,27 +41,24 @@ def fit_prior(
     valid_users: int | None = None,
     beam_width: int = 20,
     threads: int = 2,
-    base: CovisitPrior | None = None,
 ) -> dict[str, Any]:
-    """Count the table, choose the weight on validation, write both files; returns the
-    settings written (with the grid's validation scores)."""
+    """Count the table, choose the weight on validation (the other settings are
+    :class:`CovisitPrior`'s defaults), write both files; returns the settings written (with
+    the grid's validation scores)."""
     t0 = time.perf_counter()
     table = CovisitTable.from_histories(data.train_histories, data.num_items)
-    template = base or CovisitPrior(table, weight=0.0)
     retriever = open_onnx_retriever(
         run_dir, codes, name="generative+covisit", beam_width=beam_width, threads=threads
     )
     cases = data.recommendation_cases("valid")[:valid_users]
     scores: dict[str, float] = {}
     for weight in grid:
-        retriever.prior = CovisitPrior(
-            table, weight, template.decay, template.last_n, template.smoothing
-        )
+        retriever.prior = CovisitPrior(table, weight)
         metrics, _ = evaluate_cases(retriever, cases, batch_size=256)
         scores[f"{weight:g}"] = round(metrics[SELECTION_METRIC], 5)
         print(f"prior weight {weight:g}: valid {SELECTION_METRIC} {metrics[SELECTION_METRIC]:.4f}")
     best = max(grid, key=lambda w: (scores[f"{w:g}"], -w))  # ties: the smaller weight
-    chosen = CovisitPrior(table, best, template.decay, template.last_n, template.smoothing)
+    chosen = CovisitPrior(table, best)
     out: dict[str, Any] = {
         **chosen.settings(),
         "chosen_on": f"valid recommendation {SELECTION_METRIC}",
@@ -86,15 +84,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Refit the prior of an existing version and rewrite its manifest."""
     arts = ArtifactRepository(args.artifacts).open(args.version)
-    version_dir = args.artifacts / arts.version
-    manifest = json.loads((version_dir / "manifest.json").read_text())
-    codes = np.load(version_dir / "generator" / "sid_codes.npy", allow_pickle=False)
-    data = load_from_dir(version_dir, with_embeddings=False)
-    out = fit_prior(
-        version_dir, data, codes.astype(np.int64), args.grid, args.valid_users, threads=args.threads
-    )
-    eval_results = manifest.get("eval", {})
+    codes = np.load(arts.path(GENERATOR_CODES), allow_pickle=False).astype(np.int64)
+    data = load_eval_data(arts.path, with_embeddings=False, source=arts.version)
+    out = fit_prior(arts.root, data, codes, args.grid, args.valid_users, threads=args.threads)
+    eval_results = dict(arts.manifest.eval)
     eval_results.setdefault("generator", {})["prior"] = out
-    write_manifest(version_dir, arts.version, manifest.get("config", {}), eval_results)
+    write_manifest(arts.root, arts.version, arts.manifest.config, eval_results)
     print(json.dumps(out, indent=2))
     return 0

@@ -37,6 +37,14 @@ TABLE_FILE = "generator/covisit.npz"
 SETTINGS_FILE = "generator/covisit_prior.json"
 
 
+def item_counts(histories: Sequence[npt.ArrayLike], num_items: int) -> npt.NDArray[np.float64]:
+    """(N,) how often each item row occurs in ``histories`` (training popularity)."""
+    counts = np.zeros(num_items, dtype=np.float64)
+    for hist in histories:
+        np.add.at(counts, np.asarray(hist, dtype=np.int64), 1.0)
+    return counts
+
+
 def covisit_matrix(
     histories: Sequence[npt.ArrayLike], num_items: int, window: int | None = None
 ) -> sp.csr_matrix:
@@ -102,10 +110,7 @@ class CovisitTable:
         cls, histories: Sequence[npt.ArrayLike], num_items: int, window: int | None = None
     ) -> CovisitTable:
         """Count pairs and item frequencies in ``histories`` (pass training histories only)."""
-        counts = np.zeros(num_items, dtype=np.float64)
-        for hist in histories:
-            np.add.at(counts, np.asarray(hist, dtype=np.int64), 1.0)
-        return cls(covisit_matrix(histories, num_items, window), counts)
+        return cls(covisit_matrix(histories, num_items, window), item_counts(histories, num_items))
 
     def save(self, path: Path) -> None:
         """One ``.npz`` (no pickles): the CSR arrays and the popularity counts."""

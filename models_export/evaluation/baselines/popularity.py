@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from models_export.evaluation.protocol import RECOMMENDATION, EvalQuery, top_k_rows
+from services.retrieval.covisit import item_counts
 
 
 class PopularityRetriever:
@@ -21,9 +22,7 @@ class PopularityRetriever:
         num_items: int,
         tie_key: np.ndarray | None = None,
     ) -> None:
-        counts = np.zeros(num_items, dtype=np.float64)
-        for hist in train_histories:
-            np.add.at(counts, np.asarray(hist, dtype=np.int64), 1.0)
+        counts = item_counts(train_histories, num_items)
         self.counts = counts
         self._ranking = top_k_rows(counts[None, :], num_items, tie_key)[0]
 
