@@ -4,6 +4,9 @@ To add a subcommand, add ONE line to :data:`SUBCOMMANDS`: ``(name, module, help)
 The module must expose ``add_arguments(parser: argparse.ArgumentParser) -> None`` and
 ``run(args: argparse.Namespace) -> int``. Only the chosen subcommand's module is
 imported, so a heavy import (torch) in one does not slow down the others.
+
+A missing or unusable input file (:class:`~models_export.dataset_files.DataInputError`)
+ends the command with one line on stderr and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +17,10 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
+from models_export.dataset_files import DataInputError
+
+INPUT_ERROR_EXIT = 2
+
 SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("ingest", "models_export.ingest", "validate the catalog and log, write tables"),
     ("artifacts", "models_export.pipeline", "build a full versioned artifact directory"),
@@ -21,6 +28,11 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("train-generator", "models_export.generator.train", "train + export the SID generator"),
     ("evaluate", "models_export.evaluation.cli", "Recall/NDCG of baselines (derived queries)"),
     ("fit-prior", "models_export.generator.prior", "refit the generator's co-visitation prior"),
+    (
+        "evaluate-hybrid",
+        "models_export.evaluation.hybrid_cli",
+        "generator, BM25, dense and their fusion on clean and noisy derived queries",
+    ),
 ]
 
 
@@ -50,4 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen subcommand; returns its exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(args_list).parse_args(args_list)
-    return int(args._run(args))
+    try:
+        return int(args._run(args))
+    except DataInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return INPUT_ERROR_EXIT

@@ -109,7 +109,10 @@ def export_text_encoder(models_dir: Path, opset: int = 17) -> dict[str, float]:
 
 
 def step_text_encoder(ctx: BuildContext) -> str:
-    """Pipeline step: export the query/text encoder into ``models/`` with its parity check."""
+    """Pipeline step: export the query/text encoder into ``models/`` with its parity check
+    (skipped without item text: there is no text to embed queries against)."""
+    if not ctx.has_text:
+        return "skipped (no item text: recommendation mode, no query encoder)"
     parity = export_text_encoder(ctx.path("models"))
     ctx.eval_results["text_encoder"] = parity
     return f"text encoder exported (max |onnx - torch| = {parity['max_abs_diff_vs_torch']:.2e})"

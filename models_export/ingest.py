@@ -18,10 +18,9 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from services.common.config import data_dir
+from models_export import dataset_files
+from models_export.dataset_files import DataInputError, DatasetFiles
 
-ITEMS_FILE = "amazon_scientific/Scientific.item.json"
-LOG_FILE = "amazon_scientific/Scientific.inter.json"
 MIN_INTERACTIONS = 3  # one training item + validation target + test target
 
 OnError = Literal["skip", "raise"]
@@ -143,14 +142,26 @@ def _pairs_with_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _DUP_KEY = "\x00duplicates"
 
 
-def _read_json(path: Path) -> Any:
+def _read_object(path: Path, what: str, hint: str) -> dict[str, Any]:
+    """The JSON object in ``path``; :class:`DataInputError` (one line) if it is not one."""
     try:
         with path.open("rb") as handle:
-            return json.load(handle, object_pairs_hook=_pairs_with_duplicates)
-    except FileNotFoundError as exc:
-        raise IngestError(f"{path}: file not found") from exc
+            raw = json.load(handle, object_pairs_hook=_pairs_with_duplicates)
+    except FileNotFoundError:
+        raise dataset_files.input_error("data file not found", path, hint) from None
     except json.JSONDecodeError as exc:
-        raise IngestError(f"{path}: not valid JSON ({exc})") from exc
+        raise DataInputError(
+            f"data file is not valid JSON: {path} (line {exc.lineno} column {exc.colno}: {exc.msg})"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise DataInputError(f"data file cannot be read: {path} ({reason})") from None
+    if not isinstance(raw, dict):
+        raise DataInputError(
+            f"data file has the wrong shape: {path} (expected a JSON object of {what}, "
+            f"got {type(raw).__name__})"
+        )
+    return raw
 
 
 def _clean_text(value: str) -> str:
@@ -358,23 +369,47 @@ def leave_one_out(user_id: str, history: Sequence[str]) -> UserSplit:
     return UserSplit(user_id, list(history[:-2]), history[-2], history[-1])
 
 
-def ingest(items_path: Path, log_path: Path, on_error: OnError = "skip") -> IngestResult:
-    """Load, validate and normalise the catalog and the behaviour log."""
+def items_from_log(raw_log: dict[str, Any], report: IngestReport) -> list[Item]:
+    """A catalog without text for a log-only dataset: every item id the log mentions, in
+    order of first appearance (bad ids are left to :func:`parse_log` to report)."""
+    seen: dict[str, None] = {}
+    for user_id, history in raw_log.items():
+        if user_id != _DUP_KEY and isinstance(history, list):
+            seen.update((ref, None) for ref in map(_item_ref, history) if ref)
+    items = [Item(item_id, "", "", "", []) for item_id in seen]
+    report.items_in = report.items_out = len(items)
+    report.items_without_brand = report.items_without_description = len(items)
+    report.items_without_categories = len(items)
+    return items
+
+
+def ingest(
+    items_path: Path | None,
+    log_path: Path,
+    on_error: OnError = "skip",
+    hint: str = dataset_files.NAMED_HINT,
+) -> IngestResult:
+    """Load, validate and normalise the catalog and the behaviour log.
+
+    Without ``items_path`` (a log-only dataset) the items are the ids the log mentions,
+    without text. ``hint`` ends the message of a missing file (which flag to set)."""
     report = IngestReport()
-    raw_items = _read_json(items_path)
-    items = parse_items(raw_items, report, on_error)
+    raw_log = _read_object(log_path, "users", hint)
+    if items_path is None:
+        items = items_from_log(raw_log, report)
+    else:
+        items = parse_items(_read_object(items_path, "items", hint), report, on_error)
     known = {item.item_id for item in items}
     skipped = {
         str(issue.record).strip() for issue in report.issues if issue.source == "items"
     } - known
-    users = parse_log(_read_json(log_path), known, skipped, report, on_error)
+    users = parse_log(raw_log, known, skipped, report, on_error)
     return IngestResult(items, users, report)
 
 
-def ingest_data_dir(root: Path | None = None, on_error: OnError = "skip") -> IngestResult:
-    """Ingest the Amazon Scientific files under the shared data directory."""
-    base = root if root is not None else data_dir()
-    return ingest(base / ITEMS_FILE, base / LOG_FILE, on_error)
+def ingest_dataset(files: DatasetFiles, on_error: OnError = "skip") -> IngestResult:
+    """Ingest one resolved dataset (see :mod:`models_export.dataset_files`)."""
+    return ingest(files.items, files.log, on_error, files.hint)
 
 
 def items_table(items: Sequence[Item]) -> pa.Table:
@@ -425,14 +460,15 @@ def read_users(tables_dir: Path) -> list[UserSplit]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """CLI: ``python -m models_export ingest``."""
-    parser.add_argument("--data-dir", type=Path, default=None, help="shared data directory")
+    dataset_files.add_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="directory for the tables")
     parser.add_argument("--strict", action="store_true", help="fail on any bad record")
 
 
 def run(args: argparse.Namespace) -> int:
+    files = dataset_files.from_args(args)
     try:
-        result = ingest_data_dir(args.data_dir, "raise" if args.strict else "skip")
+        result = ingest_dataset(files, "raise" if args.strict else "skip")
     except IngestError as exc:
         print(f"ingest failed: {exc}")
         if exc.report is not None:
@@ -440,5 +476,5 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {issue.source} {issue.record} {issue.field}: {issue.reason}")
         return 1
     write_tables(result, args.out)
-    print(f"ingest: {result.report.summary()} -> {args.out}")
+    print(f"ingest {files.name}: {result.report.summary()} -> {args.out}")
     return 0

@@ -8,6 +8,14 @@ model training/export), add ONE line to :data:`STEPS`. A step writes its files u
 produced from ``ctx.version_dir`` (or from ``ctx.cache`` when they ran in this process).
 ``ctx.quick`` asks for smaller settings.
 
+The input is any catalog + behaviour log in the shared JSON layout
+(:mod:`models_export.dataset_files`); its name, files and sha256 are part of the config. A
+log without a catalog has no item text (``ctx.has_text`` is False, recorded as
+``config["has_text"]``): the text steps then skip themselves (no derived queries, no
+MiniLM, no text encoder), the item vectors come from the log alone (co-occurrence PPMI-SVD)
+and the generator learns recommendation only. A step that needs text checks
+``ctx.has_text`` and returns a "skipped" summary.
+
 The version is ``<UTC yyyymmdd-hhmmss>-<8 hex of the config hash>``. The manifest
 (sha256 of every file) is written after the last step, then ``CURRENT`` is moved; a
 failed build leaves a directory without a manifest, which no service will open.
@@ -21,18 +29,20 @@ import importlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from models_export import embeddings, ingest, queries, semantic_ids
-from services.common.artifacts import set_current, sha256_file, write_manifest
-from services.common.config import artifact_root, data_dir
+from models_export import dataset_files, embeddings, ingest, queries, semantic_ids
+from models_export.dataset_files import DatasetFiles
+from services.common.artifacts import set_current, write_manifest
+from services.common.config import artifact_root
 
 StepFn = Callable[["BuildContext"], str]
+BEHAVIOUR_SOURCE = "co-occurrence PPMI-SVD of train_history"
 
 STEPS: list[tuple[str, str]] = [
     ("ingest", "models_export.pipeline:step_ingest"),
@@ -40,10 +50,14 @@ STEPS: list[tuple[str, str]] = [
     ("embeddings", "models_export.pipeline:step_embeddings"),
     ("semantic_ids", "models_export.pipeline:step_semantic_ids"),
     ("trie", "models_export.pipeline:step_trie"),
+    ("lexical", "models_export.hybrid_step:step_lexical"),
     ("text_encoder", "models_export.export_text_encoder:step_text_encoder"),
     ("generator", "models_export.generator.pipeline_step:step_generator"),
+    ("fusion", "models_export.hybrid_step:step_fusion"),
     ("eval_baselines", "models_export.evaluation.pipeline_step:step_eval_baselines"),
 ]
+#: left out of quick builds: measurements, not what the stack needs to serve
+QUICK_SKIPS: frozenset[str] = frozenset({"eval_baselines"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +98,7 @@ class BuildSettings:
 class BuildContext:
     """Everything a step needs; steps communicate through files and ``cache``."""
 
-    data_dir: Path
+    dataset: DatasetFiles
     root: Path
     version: str
     settings: BuildSettings
@@ -95,6 +109,11 @@ class BuildContext:
     @property
     def quick(self) -> bool:
         return self.settings.quick
+
+    @property
+    def has_text(self) -> bool:
+        """False for a log-only dataset: steps that need item text skip themselves."""
+        return bool(self.config.get("has_text", True))
 
     @property
     def version_dir(self) -> Path:
@@ -132,16 +151,23 @@ class BuildContext:
 
 def step_ingest(ctx: BuildContext) -> str:
     """Validated items/users tables and the ingest report."""
-    result = ingest.ingest_data_dir(ctx.data_dir, on_error="skip")
+    result = ingest.ingest_dataset(ctx.dataset, on_error="skip")
     ingest.write_tables(result, ctx.path("tables/items.parquet").parent)
     ctx.cache["items"], ctx.cache["users"] = result.items, result.users
     report = result.report
     ctx.eval_results["ingest"] = {k: v for k, v in report.to_dict().items() if k != "issues"}
-    return report.summary()
+    text = "" if ctx.has_text else "; no item file: items are the log's ids, without text"
+    return f"{ctx.dataset.name}: {report.summary()}{text}"
 
 
 def step_queries(ctx: BuildContext) -> str:
-    """Derived (category and title) queries for every user's valid and test target."""
+    """Derived (category and title) queries for every user's valid and test target; an
+    empty table without item text (nothing to derive them from)."""
+    if not ctx.has_text:
+        empty = queries.QuerySet([], [], [])
+        pq.write_table(empty.table(), ctx.path("tables/queries.parquet"))
+        ctx.eval_results["queries"] = {"derived": True, "skipped": "no item text", "counts": {}}
+        return "skipped (no item text): empty query table"
     query_set = queries.derive_queries(ctx.items(), ctx.users())
     pq.write_table(query_set.table(), ctx.path("tables/queries.parquet"))
     counts: dict[str, int] = {}
@@ -158,8 +184,17 @@ def step_queries(ctx: BuildContext) -> str:
     return query_set.summary()
 
 
+def train_histories_rows(ctx: BuildContext) -> list[list[int]]:
+    """Every user's training history as item rows."""
+    row = {item.item_id: i for i, item in enumerate(ctx.items())}
+    return [[row[i] for i in user.train_history] for user in ctx.users()]
+
+
 def step_embeddings(ctx: BuildContext) -> str:
-    """all-MiniLM-L6-v2 item embeddings (cached by inputs and model)."""
+    """all-MiniLM-L6-v2 item embeddings (cached by inputs and model); without item text,
+    the co-occurrence PPMI-SVD embedding of the training histories instead."""
+    if not ctx.has_text:
+        return _behaviour_embeddings(ctx)
     result = embeddings.embed_items(ctx.items(), ctx.settings.text, ctx.settings.embed)
     np.save(ctx.path("embeddings/items.npy"), result.vectors, allow_pickle=False)
     meta = result.meta(ctx.settings.text, ctx.settings.embed)
@@ -169,14 +204,35 @@ def step_embeddings(ctx: BuildContext) -> str:
     return f"{result.vectors.shape[0]} x {result.vectors.shape[1]} embeddings ({source})"
 
 
+def _behaviour_embeddings(ctx: BuildContext) -> str:
+    """Item vectors from the log alone (what the SIDs and the ANN fill use without text)."""
+    config = ctx.settings.sids
+    vectors = semantic_ids.cooccurrence_embedding(
+        train_histories_rows(ctx), len(ctx.items()), config.collab_dim, config.seed
+    )
+    np.save(ctx.path("embeddings/items.npy"), vectors, allow_pickle=False)
+    meta = {
+        "source": BEHAVIOUR_SOURCE,
+        "dim": int(vectors.shape[1]),
+        "items": int(vectors.shape[0]),
+        "items_without_signal": int((~vectors.any(axis=1)).sum()),
+    }
+    ctx.path("embeddings/meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    ctx.cache["item_embeddings"] = vectors
+    return (
+        f"{vectors.shape[0]} x {vectors.shape[1]} behaviour embeddings (no item text; "
+        f"{meta['items_without_signal']} items without co-occurrence signal)"
+    )
+
+
 def step_semantic_ids(ctx: BuildContext) -> str:
     """RQ-OPQ semantic IDs with collisions resolved, codebooks and report."""
-    items = ctx.items()
-    row = {item.item_id: i for i, item in enumerate(items)}
-    histories = [[row[i] for i in user.train_history] for user in ctx.users()]
+    histories = train_histories_rows(ctx)
     config = ctx.settings.sids
+    if not ctx.has_text:  # the embeddings already are the collaborative signal
+        config = replace(config, collab_weight=0.0)
     result = semantic_ids.build_semantic_ids(ctx.item_embeddings(), config, histories)
-    source = "embeddings/items.npy"
+    source = "embeddings/items.npy" + ("" if ctx.has_text else f" ({BEHAVIOUR_SOURCE})")
     if config.collab_weight > 0:
         source += f" + co-occurrence PPMI-SVD of train_history (weight {config.collab_weight:g})"
     semantic_ids.save_sids(result, ctx.path("sids/codes.npy").parent, source)
@@ -224,11 +280,6 @@ def resolve_step(target: str) -> StepFn:
     return step
 
 
-def input_fingerprints(base: Path) -> dict[str, str]:
-    """sha256 of the input data files (part of the config, so of the version hash)."""
-    return {rel: sha256_file(base / rel) for rel in (ingest.ITEMS_FILE, ingest.LOG_FILE)}
-
-
 def make_version(config: dict[str, Any], now: float | None = None) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
@@ -237,7 +288,7 @@ def make_version(config: dict[str, Any], now: float | None = None) -> str:
 
 def build(
     root: Path,
-    data: Path,
+    data: Path | DatasetFiles,
     quick: bool = False,
     skip: frozenset[str] = frozenset(),
     steps: list[tuple[str, str]] | None = None,
@@ -245,15 +296,20 @@ def build(
 ) -> BuildContext:
     """Run every step into a new version under ``root``, write the manifest, move CURRENT.
 
+    ``data`` is a resolved dataset, or a data directory holding the default dataset;
     ``settings`` overrides the ones ``quick`` selects (tests use tiny codebooks).
     """
+    dataset = data if isinstance(data, DatasetFiles) else dataset_files.named(data)
     settings = settings or BuildSettings.for_mode(quick)
     config = settings.to_config()
-    config["data"] = input_fingerprints(data)
+    config["data"] = dataset.fingerprint()  # in the config, so in the version hash
+    config["has_text"] = dataset.has_text
+    if quick and steps is None:
+        skip = skip | QUICK_SKIPS
     plan = [(n, t) for n, t in (steps if steps is not None else STEPS) if n not in skip]
     config["steps"] = [n for n, _ in plan]
     version = make_version(config)
-    ctx = BuildContext(data, root, version, settings, config)
+    ctx = BuildContext(dataset, root, version, settings, config)
     ctx.version_dir.mkdir(parents=True, exist_ok=False)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
@@ -278,7 +334,7 @@ def build(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """CLI: ``python -m models_export artifacts``."""
-    parser.add_argument("--data-dir", type=Path, default=None, help="shared data directory")
+    dataset_files.add_arguments(parser)
     parser.add_argument(
         "--out", type=Path, default=None, help="artifact root (default ./artifacts)"
     )
@@ -297,8 +353,10 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"unknown step(s): {', '.join(sorted(unknown))}")
         return 2
+    dataset = dataset_files.from_args(args)
+    if not dataset.has_text:
+        print(f"[data] {dataset.name}: no item file, recommendation mode (no item text)")
     root = args.out if args.out is not None else artifact_root()
-    base = args.data_dir if args.data_dir is not None else data_dir()
     root.mkdir(parents=True, exist_ok=True)
-    build(root, base, quick=args.quick, skip=frozenset(args.skip))
+    build(root, dataset, quick=args.quick, skip=frozenset(args.skip))
     return 0

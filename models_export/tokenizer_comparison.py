@@ -21,12 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from models_export import embeddings, ingest, semantic_ids
+from models_export import dataset_files, embeddings, ingest, semantic_ids
+from models_export.dataset_files import DataInputError, DatasetFiles
 from models_export.result_files import write_results
-from services.common.config import data_dir
 
 PUBLISHED = ["rkmeans_native", "rqvae_native", "letter_native", "rkmeans_zcr", "rqvae_zcr"]
-INDEX_FILE = "Scientific.index.json"
 
 # name -> config; the first one is the pipeline default, the others are the ablation.
 CONFIGS: dict[str, semantic_ids.SidConfig] = {
@@ -103,7 +102,7 @@ def _levels(stats: dict[str, Any], key: str, fmt: str) -> str:
 def render_markdown(result: dict[str, Any]) -> str:
     """The comparison as a Markdown page."""
     lines = [
-        "# Semantic-ID tokenizer comparison (Amazon Industrial & Scientific, 4,344 items)",
+        f"# Semantic-ID tokenizer comparison ({result['dataset']}, {result['items']:,} items)",
         "",
         f"Produced by: `{result['command']}`",
         f"on {result['machine']} in {result['seconds']:.0f} s "
@@ -113,7 +112,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"{result['text_config']['max_description_words']} description words) quantised by "
         "RQ-OPQ (residual k-means levels, then OPQ + PQ on the remaining residual), collisions "
         "removed by minimum-cost reassignment of the last level (no counter token). "
-        "Published rows are read from `indexes/*/Scientific.index.json`; their codebook size "
+        f"Published rows are read from `indexes/*/{result['dataset'].rsplit('/', 1)[-1]}"
+        ".index.json`; their codebook size "
         "is taken as 256 per level. No search queries are involved here.",
         "",
         "| tokenizer | tokens | vocab | distinct before | distinct after | moved | "
@@ -192,10 +192,15 @@ def _notes(result: dict[str, Any]) -> list[str]:
     return notes
 
 
-def compare(data: Path, text_config: embeddings.TextConfig) -> dict[str, Any]:
-    """Run every configuration and read every published index."""
+def compare(data: DatasetFiles, text_config: embeddings.TextConfig) -> dict[str, Any]:
+    """Run every configuration and read every published index of dataset ``data``."""
+    if not data.has_text:
+        raise DataInputError(
+            f"the tokenizer comparison embeds item text: dataset {data.name} has no item file "
+            f"({data.hint})"
+        )
     t0 = time.perf_counter()
-    result = ingest.ingest_data_dir(data)
+    result = ingest.ingest_dataset(data)
     items, users = result.items, result.users
     emb = embeddings.embed_items(items, text_config)
     row = {item.item_id: i for i, item in enumerate(items)}
@@ -208,13 +213,13 @@ def compare(data: Path, text_config: embeddings.TextConfig) -> dict[str, Any]:
     for name, config in CONFIGS.items():
         print(f"fitting {name} ...", flush=True)
         ours.append(_ours_row(name, config, emb.vectors, histories, items))
-    index_dir = data / "amazon_scientific" / "indexes"
     published = [
-        _published_row(name, index_dir / name / INDEX_FILE, items)
+        _published_row(name, data.index_path(name), items)
         for name in PUBLISHED
-        if (index_dir / name / INDEX_FILE).is_file()
+        if data.index_path(name).is_file()
     ]
     out: dict[str, Any] = {
+        "dataset": data.name,
         "items": len(items),
         "identical_text_items": sum(c - 1 for c in texts.values() if c > 1),
         "near_duplicate_items": {str(t): int((nearest > t).sum()) for t in (0.999, 0.99, 0.95)},
@@ -232,7 +237,7 @@ def compare(data: Path, text_config: embeddings.TextConfig) -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """CLI: ``python -m models_export tokenizers``."""
-    parser.add_argument("--data-dir", type=Path, default=None, help="shared data directory")
+    dataset_files.add_arguments(parser, explicit_files=False)
     parser.add_argument(
         "--out",
         type=Path,
@@ -242,8 +247,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    base = args.data_dir if args.data_dir is not None else data_dir()
-    result = compare(base, embeddings.TextConfig())
+    result = compare(dataset_files.from_args(args), embeddings.TextConfig())
     result["command"] = "python -m models_export " + shlex.join(sys.argv[1:])
     result["machine"] = f"{platform.machine()} CPU, 2 cores, faiss threads = 1"
     write_results(args.out, result, render_markdown(result))

@@ -2,7 +2,11 @@
 
 ``python -m services.stack`` (what ``make run`` does). The services run under
 honcho from ``deploy/local/Procfile``; Ctrl-C stops them all. Addresses and
-ports come from the environment, with local defaults.
+ports come from the environment, with local defaults. The artifacts are the CURRENT
+version under ``$GENSEARCH_ARTIFACT_DIR``; a missing one is built from the dataset
+``$GENSEARCH_DATASET`` under ``$GENSEARCH_DATA_DIR`` (a missing input file ends the
+command with one line and exit code 2). On a catalog without item text the demo is a
+query-less recommendation request.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from services.common.config import artifact_root
 from services.common.errors import NotFoundError
 
 ROOT = Path(__file__).resolve().parent.parent
+INPUT_ERROR_EXIT = 2
 PROCFILE = ROOT / "deploy" / "local" / "Procfile"
 DEFAULTS = {
     "GENSEARCH_RETRIEVAL_PORT": "50051",
@@ -39,11 +44,29 @@ def ensure_artifacts(full: bool) -> str:
         return repo.current()
     except NotFoundError:
         pass
+    from models_export.dataset_files import DataInputError, named
+
+    try:
+        dataset = named()
+    except DataInputError as exc:
+        print(f"[stack] error: {exc}", file=sys.stderr)
+        raise SystemExit(INPUT_ERROR_EXIT) from None
     kind = "full" if full else "quick"
-    print(f"[stack] no artifacts under {repo.root}: building a {kind} version (progress below)")
+    print(
+        f"[stack] no artifacts under {repo.root}: building a {kind} version of "
+        f"{dataset.name} (progress below)"
+    )
     cmd = [sys.executable, "-m", "models_export", "artifacts", *([] if full else ["--quick"])]
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    built = subprocess.run(cmd, cwd=ROOT, check=False)
+    if built.returncode != 0:  # the build printed why
+        raise SystemExit(built.returncode)
     return repo.current()
+
+
+def has_text(version: str) -> bool:
+    """Whether ``version`` was built with item text (else it answers recommendations only)."""
+    config = ArtifactRepository(artifact_root()).open(version).manifest.config
+    return bool(config.get("has_text", True))
 
 
 def _get(url: str, timeout: float = 2.0) -> tuple[int, dict[str, object]]:
@@ -113,8 +136,11 @@ def main() -> int:
     proc = subprocess.Popen(honcho, cwd=ROOT, env=env, start_new_session=True)
     try:
         wait_ready(base, proc, args.ready_timeout)
-        answer = demo_search(base, args.query, args.user_id)
-        print(f"[stack] POST {base}/v1/search query={args.query!r} user_id={args.user_id!r}:")
+        query = args.query if has_text(version) else ""
+        if query != args.query:
+            print("[stack] this catalog has no item text: the demo is a recommendation feed")
+        answer = demo_search(base, query, args.user_id)
+        print(f"[stack] POST {base}/v1/search query={query!r} user_id={args.user_id!r}:")
         print(json.dumps(answer, indent=2))
         if args.once:
             return 0

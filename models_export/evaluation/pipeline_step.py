@@ -15,11 +15,14 @@ if TYPE_CHECKING:
     from models_export.pipeline import BuildContext
 
 OUTPUT = "eval/baselines.json"
+TEXT_METHODS = frozenset({"bm25", "dense", "dense+history"})  # need item and query text
 
 
 def step_eval_baselines(ctx: BuildContext) -> str:
-    """Run every baseline on valid and test; store the results and a test summary."""
-    cfg = suite_config(ctx.quick, list(ALL_METHODS), list(SPLITS), False, 0)
+    """Run every baseline on valid and test (without item text, the ones that read only
+    the log); store the results and a test summary."""
+    methods = [m for m in ALL_METHODS if ctx.has_text or m not in TEXT_METHODS]
+    cfg = suite_config(ctx.quick, methods, list(SPLITS), False, 0)
     data = load_from_dir(ctx.version_dir)
     # Queries are embedded with the same model and settings as the items of this build.
     result = run_baselines(data, cfg, encoder_factory=lambda: minilm_encoder(ctx.settings.embed))

@@ -30,6 +30,8 @@ import torch
 from tqdm import tqdm
 from transformers import T5ForConditionalGeneration
 
+from models_export import dataset_files
+from models_export.dataset_files import DatasetFiles
 from models_export.evaluation.metrics import ndcg_at_k, recall_at_k, target_ranks
 from models_export.evaluation.protocol import EvalQuery
 from models_export.generator.dataset import (
@@ -51,7 +53,7 @@ from models_export.generator.model import (
 )
 from models_export.generator.retriever import GENERATOR_DIR, GenerativeRetriever
 from models_export.generator.vocab import train_wordpiece
-from services.common.config import artifact_root, data_dir
+from services.common.config import artifact_root
 from services.retrieval.beam_search import BeamSearch
 from services.retrieval.encoding import EncodingConfig, InputEncoder
 from services.retrieval.trie import SidTrie
@@ -304,9 +306,10 @@ def train(
 
 
 def load_sids(
-    source: str, version_dir: Path, item_ids: list[str]
+    source: str, version_dir: Path, item_ids: list[str], dataset: DatasetFiles | None = None
 ) -> tuple[np.ndarray, tuple[int, ...]]:
-    """``artifact`` (sids/codes.npy), ``published:<variant>`` or a path to an index.json."""
+    """``artifact`` (sids/codes.npy), ``published:<variant>`` (an index published with
+    ``dataset``, default: the environment's) or a path to an index.json."""
     from models_export.semantic_ids import load_published_index
 
     if source == "artifact":
@@ -315,7 +318,7 @@ def load_sids(
         return codes.astype(np.int64), tuple(int(k) for k in meta["codebook_sizes"])
     if source.startswith("published:"):
         variant = source.split(":", 1)[1]
-        path = data_dir() / "amazon_scientific" / "indexes" / variant / "Scientific.index.json"
+        path = (dataset or dataset_files.named()).index_file(variant)
     else:
         path = Path(source)
     codes, sizes = load_published_index(path, item_ids)
@@ -338,8 +341,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sids",
         default="artifact",
-        help="artifact | published:<variant> | path to a Scientific.index.json",
+        help="artifact | published:<variant> (of --dataset) | path to a <Stem>.index.json",
     )
+    dataset_files.add_arguments(parser, explicit_files=False)
     parser.add_argument(
         "--out",
         type=Path,
@@ -396,7 +400,9 @@ def run(args: argparse.Namespace) -> int:
     from models_export import ingest
 
     item_ids = [i.item_id for i in ingest.read_items(tables)]
-    codes, sizes = load_sids(args.sids, version_dir, item_ids)
+    published = args.sids.startswith("published:")
+    dataset = dataset_files.named(args.data_dir, args.dataset) if published else None
+    codes, sizes = load_sids(args.sids, version_dir, item_ids, dataset)
     data = load_training_data(tables, codes, sizes)
     if args.max_users:
         data = subset_users(data, args.max_users, args.seed)

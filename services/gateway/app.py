@@ -44,7 +44,7 @@ from services.gateway.schemas import (
     SearchRequest,
     SearchResponse,
 )
-from services.gateway.search import SearchService, SearchUnavailableError
+from services.gateway.search import SearchRejectedError, SearchService, SearchUnavailableError
 from services.gateway.store import FeatureStore, InMemoryStore, RedisStore
 
 log = logging.getLogger(__name__)
@@ -282,6 +282,8 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
             answer = await parts().service.search(body, request_id)
         except SearchUnavailableError as exc:
             raise ApiError(exc.status, exc.reason, {"Retry-After": "1"}) from exc
+        except SearchRejectedError as exc:
+            raise ApiError(exc.status, exc.reason) from exc
         # Serialised once, by orjson: the answer is built from validated input and typed
         # protobufs; FastAPI's response_model path would validate it a second time.
         return Response(orjson.dumps(answer), media_type="application/json")
@@ -291,6 +293,8 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
         response_model=SearchResponse,
         response_model_exclude_none=True,
         dependencies=guarded,
+        # 400: retrieval refused the request as asked, e.g. a query to a log-only catalog
+        responses={400: {"model": ErrorResponse}},
         summary="Search (or a recommendation feed when the query is empty)",
     )
     async def search(body: SearchRequest, request: Request) -> Response:

@@ -14,13 +14,19 @@ from services.gateway.metrics import BREAKER_OPEN
 
 
 class StageFailedError(Exception):
-    """A downstream stage did not answer; ``reason`` is safe to show to clients."""
+    """A downstream stage did not answer; ``reason`` is safe to show to clients.
 
-    def __init__(self, stage: str, reason: str, *, timeout: bool = False) -> None:
+    ``invalid``: the stage refused the request itself (INVALID_ARGUMENT); ``reason`` is
+    then the stage's own message (domain errors carry messages meant for callers)."""
+
+    def __init__(
+        self, stage: str, reason: str, *, timeout: bool = False, invalid: bool = False
+    ) -> None:
         super().__init__(f"{stage}: {reason}")
         self.stage = stage
         self.reason = reason
         self.timeout = timeout
+        self.invalid = invalid
 
 
 class Downstream:
@@ -55,6 +61,10 @@ class Downstream:
             else:
                 self.breaker.failure()
             self._open_gauge.set(int(self.breaker.state == "open"))
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                detail = exc.details() if hasattr(exc, "details") else None
+                reason = detail or code.name.lower()
+                raise StageFailedError(self.stage, reason, invalid=True) from exc
             timeout = code == grpc.StatusCode.DEADLINE_EXCEEDED
             raise StageFailedError(self.stage, code.name.lower(), timeout=timeout) from exc
         self.breaker.success()

@@ -9,6 +9,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from models_export.dataset_files import DataInputError
 from models_export.ingest import (
     IngestError,
     Issue,
@@ -134,13 +135,28 @@ def test_duplicate_field_and_html_are_handled(tmp_path: Path) -> None:
     assert dup_field.field == "title" and "more than once" in dup_field.reason
 
 
-def test_unreadable_input_is_an_error(tmp_path: Path) -> None:
+def test_unreadable_input_is_a_one_line_data_input_error(tmp_path: Path) -> None:
     items_path, log_path = _write(tmp_path, "[1, 2]", {})
-    with pytest.raises(IngestError, match="expected a JSON object"):
+    with pytest.raises(DataInputError, match="expected a JSON object of items, got list"):
         ingest(items_path, log_path)
     items_path.write_text("{not json")
-    with pytest.raises(IngestError, match="not valid JSON"):
+    with pytest.raises(DataInputError, match=r"not valid JSON: .*items.json \(line 1 column 2"):
         ingest(items_path, log_path)
+    with pytest.raises(DataInputError, match=r"data file not found: .*nowhere\.json"):
+        ingest(items_path, tmp_path / "nowhere.json")
+
+
+def test_log_only_ingest_takes_the_items_from_the_log(tmp_path: Path) -> None:
+    _, log_path = _write(tmp_path, "{}", {"u1": [3, "a", 3, 7], "u2": ["a", 9, None, "b"]})
+    result = ingest(None, log_path)
+    assert [i.item_id for i in result.items] == ["3", "a", "7", "9", "b"]
+    assert all(not (i.title or i.brand or i.description or i.categories) for i in result.items)
+    assert [u.user_id for u in result.users] == ["u1", "u2"]
+    assert result.users[0].test_target == "7" and result.users[1].valid_target == "9"
+    report = result.report
+    assert report.items_in == report.items_out == 5 and report.items_without_description == 5
+    (bad,) = _issues_for(report.issues, "user u2[2]")
+    assert bad.action == "interaction skipped"
 
 
 def test_leave_one_out() -> None:

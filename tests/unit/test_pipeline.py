@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -12,65 +11,27 @@ import pytest
 
 from models_export import embeddings, pipeline
 from models_export.cli import SUBCOMMANDS, build_parser
-from models_export.embeddings import EmbedConfig, TextConfig
-from models_export.semantic_ids import SidConfig
 from services.common.artifacts import ArtifactRepository
 from services.retrieval.trie import SidTrie
-
-N_ITEMS = 420  # OPQ needs more items than embedding dimensions (384 + collab)
-WORDS = ["steel", "brass", "bolt", "nut", "probe", "meter", "glove", "tape", "wire", "lamp"]
-
-
-def _fake_encode(texts: list[str], _folder: Path, _config: EmbedConfig) -> np.ndarray:
-    rows = []
-    for text in texts:
-        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
-        rows.append(np.random.default_rng(seed).standard_normal(embeddings.EMBEDDING_DIM))
-    out = np.asarray(rows, dtype=np.float32)
-    return out / np.linalg.norm(out, axis=1, keepdims=True)
+from tests.synthetic_catalog import (
+    N_ITEMS,
+    TINY,
+    fake_encode,
+    make_items,
+    make_log,
+    write_dataset,
+)
 
 
 @pytest.fixture
 def tiny_data(tmp_path: Path) -> Path:
-    root = tmp_path / "data"
-    folder = root / "amazon_scientific"
-    folder.mkdir(parents=True)
-    items = {
-        str(i): {
-            "title": f"{WORDS[i % 10]} {WORDS[(i * 3) % 10]} {WORDS[(i * 7) % 10]} model {i}",
-            "description": "a description" if i % 4 else "",
-            "brand": f"Brand{i % 5}",
-            "categories": f"Industrial & Scientific,Group {i % 3},Kind {i % 6}",
-        }
-        for i in range(N_ITEMS)
-    }
+    """The default dataset (``amazon_scientific/Scientific``) with one bad item and one
+    interaction with it."""
+    items = make_items(top_category="Industrial & Scientific")
     items["bad"] = {"title": "", "categories": "Industrial & Scientific"}
-    rng = np.random.default_rng(0)
-    log: dict[str, list[int | str]] = {
-        f"u{u}": [int(x) for x in rng.choice(N_ITEMS, size=5 + u % 4, replace=False)]
-        for u in range(120)
-    }
+    log = make_log()
     log["u0"].insert(1, "bad")  # an interaction with a skipped item: counted, not silent
-    (folder / "Scientific.item.json").write_text(json.dumps(items))
-    (folder / "Scientific.inter.json").write_text(json.dumps(log))
-    return root
-
-
-TINY = pipeline.BuildSettings(
-    quick=True,
-    text=TextConfig(),
-    embed=EmbedConfig(),
-    sids=SidConfig(
-        rq_levels=(8,),
-        opq_subspaces=2,
-        opq_bits=4,
-        kmeans_niter=5,
-        opq_niter=3,
-        threads=1,
-        collab_weight=0.2,
-        collab_dim=4,
-    ),
-)
+    return write_dataset(tmp_path / "data", "amazon_scientific/Scientific", items=items, log=log)
 
 
 def step_probe(ctx: pipeline.BuildContext) -> str:
@@ -83,7 +44,7 @@ def step_probe(ctx: pipeline.BuildContext) -> str:
 def test_build_writes_a_complete_verified_version(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(embeddings, "_encode", _fake_encode)
+    monkeypatch.setattr(embeddings, "_encode", fake_encode)
     monkeypatch.setenv(embeddings.CACHE_ENV, str(tmp_path / "cache"))
     root = tmp_path / "artifacts"
     # The data steps only (model training/evaluation steps are tested by their owners).
@@ -112,6 +73,10 @@ def test_build_writes_a_complete_verified_version(
         assert art.has(rel), rel
     config = art.manifest.config
     assert config["build"] == "quick"
+    assert config["has_text"] is True
+    assert config["data"]["name"] == "amazon_scientific/Scientific"
+    assert set(config["data"]["files"]) == {"items", "log"}
+    assert config["data"]["files"]["log"]["path"] == "amazon_scientific/Scientific.inter.json"
     assert [name for name, _ in config["step_seconds"]] == [n for n, _ in steps]
     assert art.manifest.eval["probe"] == {"ok": True, "quick": True}
     assert art.manifest.eval["queries"]["derived"] is True
