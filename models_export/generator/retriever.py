@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from models_export.evaluation.protocol import MODES, RECOMMENDATION, EvalQuery
-from services.retrieval.beam_search import BeamSearch, SearchOptions, StepModel
+from services.retrieval.beam_search import BeamSearch, NodeBonus, SearchOptions, StepModel
 from services.retrieval.covisit import CovisitPrior
 from services.retrieval.encoding import InputEncoder
 from services.retrieval.onnx_generator import GENERATOR_DIR, OnnxStepModel
@@ -42,7 +42,7 @@ class GenerativeRetriever:
         self.prior = prior
         self.modes = frozenset(MODES) if text and prior is None else frozenset({RECOMMENDATION})
 
-    def _bonus(self, query: EvalQuery) -> np.ndarray | None:
+    def _bonus(self, query: EvalQuery) -> NodeBonus | None:
         if self.prior is None or query.query:
             return None
         num_rows = len(self.search.item_codes)

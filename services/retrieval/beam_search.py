@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -74,19 +74,56 @@ class StepModel(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class SparseNodeBonus:
+    """A per-node bonus that is ``base[node]`` everywhere except at ``nodes`` (sorted,
+    unique global ids), where it is ``values``: a prior that departs from a per-trie
+    default only on the paths of a few items (``covisit.CovisitPrior.node_bonus``). A
+    search reads it at the edges it expands only, so building one costs the request
+    O(len(nodes)), not O(trie nodes). ``base`` is shared between requests: never written."""
+
+    base: FloatArray
+    nodes: IntArray
+    values: FloatArray
+
+    def __len__(self) -> int:
+        """The number of trie nodes it covers."""
+        return len(self.base)
+
+    def at(self, nodes: IntArray) -> FloatArray:
+        """The bonus of each of ``nodes`` (valid global ids), float32."""
+        out: FloatArray = self.base[nodes]
+        if self.nodes.size:
+            pos = np.minimum(np.searchsorted(self.nodes, nodes), self.nodes.size - 1)
+            hit = self.nodes[pos] == nodes
+            out[hit] = self.values[pos[hit]]
+        return out
+
+    def dense(self) -> FloatArray:
+        """The same bonus as one value per node."""
+        out = self.base.copy()
+        out[self.nodes] = self.values
+        return out
+
+
+#: ``SearchOptions.node_bonus``: one value per trie node, dense or sparse
+NodeBonus: TypeAlias = FloatArray | SparseNodeBonus
+
+
+@dataclass(frozen=True, slots=True)
 class SearchOptions:
     """Per-request options. ``trie`` None = the searcher's full trie; give a
     ``SidTrie.subset`` (same item rows) to restrict results, e.g. to a category.
     ``exclude``: item rows never returned; removed inside decoding. ``node_bonus``: one
-    value per node of the query's trie, added to the logit of every edge into that node
-    before the renormalisation over valid tokens (a prior fused into decoding, e.g.
+    value per node of the query's trie (an array, or a :class:`SparseNodeBonus`), added
+    to the logit of every edge into that node before the renormalisation over valid
+    tokens (a prior fused into decoding, e.g.
     ``services.retrieval.covisit.CovisitPrior.node_bonus``); result scores include it."""
 
     beam_width: int = 20
     k: int = 10
     trie: SidTrie | None = None
     exclude: npt.NDArray[np.int64] | None = None
-    node_bonus: npt.NDArray[np.float32] | None = None
+    node_bonus: NodeBonus | None = None
 
 
 @dataclass(slots=True)
@@ -229,16 +266,32 @@ def _expand_dense(
     return top_scores, top // size, top % size
 
 
-def _bonus_matrix(options: Sequence[SearchOptions]) -> FloatArray | None:
-    """(Q, most nodes) per-node bonuses, zero for queries without one; None if none has."""
+def _bonuses(options: Sequence[SearchOptions]) -> list[NodeBonus | None] | None:
+    """Each query's node bonus; None if no query has one."""
     given = [o.node_bonus for o in options]
-    if all(b is None for b in given):
-        return None
-    width = max(len(b) for b in given if b is not None)
-    out = np.zeros((len(options), width), dtype=np.float32)
-    for q, b in enumerate(given):
-        if b is not None:
-            out[q, : len(b)] = b
+    return None if all(b is None for b in given) else given
+
+
+def _bonus_at(bonus: NodeBonus, nodes: IntArray) -> FloatArray:
+    if isinstance(bonus, SparseNodeBonus):
+        return bonus.at(nodes)
+    out: FloatArray = bonus[nodes].astype(np.float32, copy=False)
+    return out
+
+
+def _edge_bonus(
+    bonuses: Sequence[NodeBonus | None], query: IntArray, child: IntArray
+) -> FloatArray:
+    """The bonus of each edge's child under its query's bonus (0 where the query has none).
+    ``query`` is ascending: a level's edges are listed beam by beam."""
+    if len(bonuses) == 1 and bonuses[0] is not None:
+        return _bonus_at(bonuses[0], child)
+    out = np.zeros(len(child), dtype=np.float32)
+    bounds = np.searchsorted(query, np.arange(len(bonuses) + 1)).tolist()
+    for q, bonus in enumerate(bonuses):
+        lo, hi = bounds[q], bounds[q + 1]
+        if bonus is not None and hi > lo:
+            out[lo:hi] = _bonus_at(bonus, child[lo:hi])
     return out
 
 
@@ -248,18 +301,19 @@ def _add_bonus(
     offset: int,
     edges: tuple[IntArray, IntArray, IntArray],
     width_in: int,
-    bonus: FloatArray | None,
+    bonuses: Sequence[NodeBonus | None] | None,
 ) -> FloatArray:
     """``logits`` with each edge's child bonus added at (its beam's row, its token); beams
     that did not run (row -1) are skipped: their one valid token scores 0 whatever it gets."""
-    if bonus is None:
+    if bonuses is None:
         return logits
     beam, token, child = edges
     edge_rows = rows.reshape(-1)[beam]
     ran = edge_rows >= 0
     out = np.array(logits, dtype=np.float32, copy=True).reshape(-1, logits.shape[-1])
     # (row, token) pairs are unique: one row per running beam, one edge per token
-    out[edge_rows[ran], token[ran] + offset] += bonus[beam[ran] // width_in, child[ran]]
+    bonus = _edge_bonus(bonuses, beam[ran] // width_in, child[ran])
+    out[edge_rows[ran], token[ran] + offset] += bonus
     return out.reshape(logits.shape)
 
 
@@ -314,10 +368,11 @@ class BeamSearch:
                 if not self.constrained:
                     raise InvalidInputError("node_bonus needs constrained decoding")
                 nodes = (o.trie if o.trie is not None else self.trie).num_nodes
-                if np.shape(o.node_bonus) != (nodes,):
+                given = o.node_bonus
+                shape = (len(given),) if isinstance(given, SparseNodeBonus) else np.shape(given)
+                if shape != (nodes,):
                     raise InvalidInputError(
-                        f"node_bonus must have one value per trie node ({nodes}), "
-                        f"got shape {np.shape(o.node_bonus)}"
+                        f"node_bonus must have one value per trie node ({nodes}), got {shape}"
                     )
 
     def _groups(self, options: Sequence[SearchOptions]) -> list[tuple[SidTrie, IntArray]]:
@@ -496,7 +551,7 @@ class BeamSearch:
         ks = np.asarray([o.k for o in options], dtype=np.int64)
         cache = self.model.empty_cache(q_count)
         scores = np.zeros((q_count, 1), dtype=np.float32)
-        bonus = _bonus_matrix(options)
+        bonus = _bonuses(options)
         beam, token, child, rows, run_tokens, run_src, n_run = plan_first_level(
             q_count, csr, dead, dead_ptr, DECODER_START_ID
         )
@@ -555,7 +610,7 @@ class BeamSearch:
         scores = np.zeros((q_count, 1), dtype=np.float32)
         nodes = np.zeros((q_count, 1), dtype=np.int64)  # root
         codes = np.zeros((q_count, 1, 0), dtype=np.int64)
-        bonus = _bonus_matrix(options)
+        bonus = _bonuses(options)
         for level in range(layout.depth):
             width_in = nodes.shape[1]
             run: npt.NDArray[np.bool_] | None = None

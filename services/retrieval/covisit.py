@@ -19,8 +19,9 @@ prior's exponent): shallow fusion, as a language model is fused into a speech de
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from services.common.errors import ArtifactIntegrityError, InvalidInputError
+from services.retrieval.beam_search import SparseNodeBonus
 from services.retrieval.trie import SidTrie
 
 FORMAT_NAME = "gensearch-covisit"
@@ -35,6 +37,14 @@ FORMAT_NAME = "gensearch-covisit"
 #: ``models_export.generator.prior`` and read by the retrieval service
 TABLE_FILE = "generator/covisit.npz"
 SETTINGS_FILE = "generator/covisit_prior.json"
+#: how many (trie, catalog size) back-off bonuses a prior keeps (the full trie and the
+#: category sub-tries in use)
+BASE_CACHE_SIZE = 16
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+#: a trie, the back-off mass under each of its nodes and that mass's bonus
+_Backoff = tuple[SidTrie, FloatArray, npt.NDArray[np.float32]]
 
 
 def item_counts(histories: Sequence[npt.ArrayLike], num_items: int) -> npt.NDArray[np.float64]:
@@ -142,22 +152,44 @@ class CovisitTable:
     ) -> npt.NDArray[np.float64]:
         """(B, N): the recency-weighted sum of the rows of each history's last ``last_n``
         items (rows outside the table are ignored)."""
-        if not 0.0 <= decay <= 1.0:
-            raise InvalidInputError(f"decay must be in [0, 1], got {decay}")
-        if last_n < 1:
-            raise InvalidInputError(f"last_n must be >= 1, got {last_n}")
-        m = self.matrix
+        _check_recency(decay, last_n)
         out = np.zeros((len(histories), self.num_items), dtype=np.float64)
         for b, hist in enumerate(histories):
-            recent = list(hist)[-last_n:][::-1]  # most recent first
-            for age, item in enumerate(recent):
-                weight = decay**age
-                if weight == 0 or not 0 <= item < self.num_items:
-                    continue
-                lo, hi = m.indptr[item], m.indptr[item + 1]
-                # a CSR row holds each column once: a plain fancy-indexed add is exact
-                out[b, m.indices[lo:hi]] += weight * m.data[lo:hi]
+            items, values = self.sparse_scores(hist, decay, last_n)
+            out[b, items] = values
         return out
+
+    def sparse_scores(
+        self, history: Sequence[int], decay: float, last_n: int
+    ) -> tuple[IntArray, FloatArray]:
+        """One history's row of :meth:`scores` as (item rows with co-visits, ascending;
+        their scores): work proportional to the co-visits of its last ``last_n`` items."""
+        _check_recency(decay, last_n)
+        m = self.matrix
+        recent = np.asarray(list(history)[-last_n:][::-1], dtype=np.int64)  # most recent first
+        weights = np.asarray([decay**age for age in range(len(recent))], dtype=np.float64)
+        keep = (weights > 0) & (recent >= 0) & (recent < self.num_items)
+        recent, weights = recent[keep], weights[keep]
+        starts = m.indptr[recent]
+        counts = m.indptr[recent + 1] - starts
+        total = int(counts.sum())
+        if not total:
+            return np.zeros(0, np.int64), np.zeros(0, np.float64)
+        # every entry of those rows, row by row: ranges starts[i] .. starts[i] + counts[i]
+        shift = np.repeat(starts - (np.cumsum(counts) - counts), counts)
+        entry = shift + np.arange(total)
+        items, inverse = np.unique(m.indices[entry], return_inverse=True)
+        vals = np.repeat(weights, counts) * m.data[entry]
+        # bincount adds in input order from 0, as ``+=`` row by row would
+        summed = np.bincount(inverse, weights=vals, minlength=len(items))
+        return items.astype(np.int64), summed.astype(np.float64, copy=False)
+
+
+def _check_recency(decay: float, last_n: int) -> None:
+    if not 0.0 <= decay <= 1.0:
+        raise InvalidInputError(f"decay must be in [0, 1], got {decay}")
+    if last_n < 1:
+        raise InvalidInputError(f"last_n must be >= 1, got {last_n}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +201,13 @@ class CovisitPrior:
     decay: float = 0.3
     last_n: int = 20
     smoothing: float = 0.1
+    # (id(trie), len(trie), num_rows) -> (trie, back-off mass, its bonus), see ``_backoff``
+    _bases: dict[tuple[int, int, int], _Backoff] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _bases_lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.weight < 0:
@@ -201,36 +240,95 @@ class CovisitPrior:
         except (KeyError, TypeError, ValueError, InvalidInputError) as exc:
             raise ArtifactIntegrityError(f"{settings_path}: bad prior settings ({exc})") from exc
 
+    def _covisit_mass(
+        self, history: Sequence[int], num_rows: int
+    ) -> tuple[IntArray, FloatArray] | None:
+        """The co-visit part of :meth:`distribution`: (item rows, ``(1 - smoothing)`` of
+        their normalised scores); None when the history leads nowhere."""
+        if not len(history):
+            return None
+        items, cov = self.table.sparse_scores(history, self.decay, self.last_n)
+        total = float(cov.sum())
+        if total <= 0:
+            return None
+        known = items < num_rows
+        return items[known], ((1.0 - self.smoothing) / total) * cov[known]
+
     def distribution(self, history: Sequence[int], num_rows: int) -> npt.NDArray[np.float64] | None:
         """(num_rows,) prior over item rows: ``(1 - smoothing)`` of the normalised co-visit
         scores plus ``smoothing`` of add-one training popularity (rows the table does not
         know count as never bought). None when the history leads nowhere: the prior then
         has nothing to say and decoding goes without it."""
-        if not len(history):
+        covisits = self._covisit_mass(history, num_rows)
+        if covisits is None:
             return None
-        cov = self.table.scores([history], self.decay, self.last_n)[0]
-        total = float(cov.sum())
-        if total <= 0:
-            return None
-        known = min(num_rows, self.table.num_items)
+        items, mass = covisits
         out = self.smoothing * self.table.backoff(num_rows)
-        out[:known] += ((1.0 - self.smoothing) / total) * cov[:known]
+        out[items] += mass
         return out
 
-    def node_bonus(
+    def _bonus(self, mass: FloatArray) -> npt.NDArray[np.float32]:
+        """``weight * log(mass)`` as float32."""
+        with np.errstate(divide="ignore"):  # nodes of no item (none in a built trie)
+            bonus = self.weight * np.log(mass)
+        return bonus.astype(np.float32)
+
+    def dense_node_bonus(
         self, trie: SidTrie, history: Sequence[int], num_rows: int
     ) -> npt.NDArray[np.float32] | None:
-        """(trie.num_nodes,) ``weight * log(prior mass under each node)`` for
-        :class:`~services.retrieval.beam_search.SearchOptions`; None when the prior is off,
-        has nothing to say, or the trie holds a cold-start delta."""
+        """(trie.num_nodes,) ``weight * log(prior mass under each node)``, from the whole
+        distribution: O(catalog) per request. The reference for :meth:`node_bonus`; None
+        when the prior is off, has nothing to say, or the trie holds a cold-start delta."""
         if self.weight == 0:
             return None
         dist = self.distribution(history, num_rows)
         if dist is None:
             return None
         mass = trie.subtree_sums(dist)
+        return None if mass is None else self._bonus(mass[0])
+
+    def node_bonus(
+        self, trie: SidTrie, history: Sequence[int], num_rows: int
+    ) -> SparseNodeBonus | None:
+        """:meth:`dense_node_bonus` as the search reads it per request, in work proportional
+        to the co-visited items: a node with no co-visited item under it holds back-off
+        mass only, whose bonus is computed once per trie (``_backoff``); the nodes on the
+        co-visited items' paths add their co-visit mass to it. The values are the dense
+        ones but for float64 rounding of the inner nodes' sums (summed in another order)."""
+        if self.weight == 0:
+            return None
+        covisits = self._covisit_mass(history, num_rows)
+        if covisits is None:
+            return None
+        backoff = self._backoff(trie, num_rows)
+        paths = trie.path_sums(*covisits)
+        if backoff is None or paths is None:
+            return None
+        base_mass, base_bonus = backoff
+        nodes, mass = paths
+        return SparseNodeBonus(base_bonus, nodes, self._bonus(base_mass[nodes] + mass))
+
+    def _backoff(
+        self, trie: SidTrie, num_rows: int
+    ) -> tuple[FloatArray, npt.NDArray[np.float32]] | None:
+        """(num_nodes,) the back-off mass ``smoothing * popularity`` under every node of
+        ``trie`` and its bonus, cached per (trie, catalog size); None with a cold-start
+        delta. A trie changes only by ``add_items``, which grows ``len(trie)``: part of
+        the key, so a grown trie is never served a stale entry."""
+        key = (id(trie), len(trie), num_rows)
+        with self._bases_lock:
+            hit = self._bases.get(key)
+        if hit is not None and hit[0] is trie:
+            return hit[1], hit[2]
+        mass = trie.subtree_sums(self.smoothing * self.table.backoff(num_rows))
         if mass is None:
             return None
-        with np.errstate(divide="ignore"):  # nodes of no item (none in a built trie)
-            bonus = self.weight * np.log(mass[0])
-        return bonus.astype(np.float32)
+        base_mass = mass[0]
+        base_bonus = self._bonus(base_mass)
+        base_mass.flags.writeable = False
+        base_bonus.flags.writeable = False
+        with self._bases_lock:
+            while len(self._bases) >= BASE_CACHE_SIZE:
+                del self._bases[next(iter(self._bases))]  # the oldest
+            self._bases[key] = (trie, base_mass, base_bonus)
+        return base_mass, base_bonus

@@ -17,7 +17,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from services.common.errors import ArtifactIntegrityError
-from services.retrieval.beam_search import BeamSearch, SearchOptions, StepModel
+from services.retrieval.beam_search import BeamSearch, SearchOptions
 from services.retrieval.encoding import CONFIG_FILE, TOKENIZER_FILE, InputEncoder
 from services.retrieval.trie import SidTrie
 
@@ -173,7 +173,9 @@ class OnnxStepModel:
 
 
 class DecodeRequest(Protocol):
-    """What the retrieval engine hands over per request (duck-typed ``DecodeJob``)."""
+    """What the retrieval engine hands over per request (duck-typed ``DecodeJob``); the
+    optional ``exclude_rows`` (item rows never returned) and ``node_bonus`` (a decoding
+    prior, see ``covisit.py``) are read when present."""
 
     query: str
     history_rows: npt.NDArray[np.int64]
@@ -183,17 +185,16 @@ class DecodeRequest(Protocol):
 
 
 class OnnxSidGenerator:
-    """Input encoding + ONNX sessions + constrained beam search, batch in → items out.
+    """Input encoding + constrained beam search (on :class:`OnnxStepModel`), batch in →
+    items out: the engine's ``services.retrieval.engine.SidGenerator``.
 
-    ``decode`` matches ``services.retrieval.engine.SidGenerator``: for each job, up to
-    ``n_results`` distinct (item row, summed log-prob) pairs, best first.
+    ``decode`` gives, for each job, up to ``n_results`` distinct (item row, summed
+    log-prob) pairs, best first, in one beam search (per-job beam, trie and exclusions).
     """
 
-    def __init__(
-        self, encoder: InputEncoder, model: StepModel, trie: SidTrie, item_codes: npt.ArrayLike
-    ) -> None:
+    def __init__(self, encoder: InputEncoder, search: BeamSearch) -> None:
         self.encoder = encoder
-        self.search = BeamSearch(model, encoder.layout, trie, item_codes)
+        self.search = search
 
     @classmethod
     def from_artifact(
@@ -203,21 +204,25 @@ class OnnxSidGenerator:
         item_codes: npt.ArrayLike,
         intra_op_threads: int = 1,
         allow_spinning: bool = True,
+        encoder_threads: int | None = None,
     ) -> OnnxSidGenerator:
         """Load ``generator/encoding.json``, ``generator/tokenizer.json`` and both graphs
-        through ``resolve`` (``ArtifactSet.path`` verifies each file's sha256)."""
+        through ``resolve`` (``ArtifactSet.path`` verifies each file's sha256); refuse
+        graphs whose decoder vocabulary is not the encoding's."""
         encoder = InputEncoder.from_files(
             resolve(f"{GENERATOR_DIR}/{CONFIG_FILE}"),
             resolve(f"{GENERATOR_DIR}/{TOKENIZER_FILE}"),
             item_codes,
         )
-        model = OnnxStepModel.from_artifact(resolve, intra_op_threads, allow_spinning)
+        model = OnnxStepModel.from_artifact(
+            resolve, intra_op_threads, allow_spinning, encoder_threads=encoder_threads
+        )
         if model.decoder_vocab_size != encoder.layout.decoder_vocab_size:
             raise ArtifactIntegrityError(
                 f"decoder scores {model.decoder_vocab_size} tokens, the encoding expects "
                 f"{encoder.layout.decoder_vocab_size}: graphs and encoding do not match"
             )
-        return cls(encoder, model, trie, item_codes)
+        return cls(encoder, BeamSearch(model, encoder.layout, trie, item_codes))
 
     def decode(self, jobs: Sequence[DecodeRequest]) -> list[list[tuple[int, float]]]:
         if not jobs:

@@ -460,6 +460,7 @@ class SidTrie:
         "_codes",
         "_core",
         "_delta",
+        "_item_leaf",
         "_layout",
         "_min_size",
         "_n_main",
@@ -498,6 +499,7 @@ class SidTrie:
             sorted_codes, sorted_rows = _sort_items(codes, all_rows, codebook_sizes)
             core = _Core.from_sorted(sorted_codes, sorted_rows, codebook_sizes, layout)
         self._core = core
+        self._item_leaf: tuple[_Core, AnyInt] | None = None  # see ``_item_leaves``
 
     # ------------------------------------------------------------------ construction
 
@@ -731,6 +733,45 @@ class SidTrie:
             )
         return self._core.subtree_sums(arr)
 
+    def path_sums(
+        self, rows: npt.ArrayLike, values: npt.ArrayLike
+    ) -> tuple[IntArray, npt.NDArray[np.float64]] | None:
+        """``subtree_sums`` of one row of values that is zero on every item but ``rows``,
+        on the only nodes where it can be non-zero: (the nodes on the paths of ``rows``,
+        sorted global ids; the sum of ``values`` over the given rows under each). Rows that
+        are not items of this trie are skipped. Costs O(len(rows) * depth) after a first
+        call that maps every item to its leaf (once per trie). None while a cold-start
+        delta exists (as ``subtree_sums``)."""
+        if self._delta is not None:
+            return None
+        row_arr = np.asarray(rows, dtype=np.int64).reshape(-1)
+        val_arr = np.asarray(values, dtype=np.float64).reshape(-1)
+        if row_arr.shape != val_arr.shape:
+            raise InvalidInputError(
+                f"{len(row_arr)} item rows but {len(val_arr)} values for their paths"
+            )
+        pos = self._positions(row_arr)
+        found = pos >= 0
+        if not found.any():
+            return np.zeros(0, np.int64), np.zeros(0, np.float64)
+        core = self._core
+        nodes, inverse = np.unique(self._item_leaves()[pos[found]], return_inverse=True)
+        sums = np.bincount(inverse, weights=val_arr[found], minlength=len(nodes))
+        out_nodes = [nodes + np.int64(core.offsets[self.depth])]
+        out_sums = [sums]
+        for t in range(self.depth - 1, -1, -1):  # up: a node's parent owns its CSR range
+            ptr = core.ptr[t][: core.level_count(t)]
+            # in ``ptr``'s dtype: a mixed-dtype search would convert (copy) all of ``ptr``
+            parents = np.searchsorted(ptr, nodes.astype(ptr.dtype), side="right")
+            change = np.ones(len(parents), dtype=bool)  # ``parents`` is sorted
+            np.not_equal(parents[1:], parents[:-1], out=change[1:])
+            first = np.flatnonzero(change)
+            nodes = parents[first] - 1
+            sums = np.add.reduceat(sums, first)
+            out_nodes.append(nodes + np.int64(core.offsets[t]))
+            out_sums.append(sums)
+        return np.concatenate(out_nodes[::-1]), np.concatenate(out_sums[::-1])
+
     def valid_next_mask(self, prefixes: npt.ArrayLike) -> BoolArray:
         """Mask of valid next tokens after each prefix (int (B, t), 0 <= t < L).
 
@@ -849,6 +890,30 @@ class SidTrie:
 
     def _all_rows(self) -> IntArray:
         return np.arange(len(self._codes), dtype=np.int64) if self._rows is None else self._rows
+
+    def _item_leaves(self) -> AnyInt:
+        """The local leaf id of every item, aligned with ``_codes``; built once per core."""
+        cached = self._item_leaf
+        if cached is not None and cached[0] is self._core:
+            return cached[1]
+        core = self._core
+        n_leaf = core.level_count(self.depth)
+        dtype = _index_dtype(n_leaf + 1)
+        per_leaf = np.diff(core.leaf_ptr[: n_leaf + 1])
+        out = np.empty(len(core.leaf_items), dtype=dtype)
+        out[self._positions(core.leaf_items)] = np.repeat(np.arange(n_leaf, dtype=dtype), per_leaf)
+        self._item_leaf = (core, out)
+        return out
+
+    def _positions(self, rows: IntArray) -> IntArray:
+        """Index of each item row in ``_codes``; -1 for rows that are not items here."""
+        n = len(self._codes)
+        if self._rows is None:
+            return np.where((rows >= 0) & (rows < n), rows, -1)
+        if not n:
+            return np.full(len(rows), -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self._rows, rows), n - 1)
+        return np.where(self._rows[pos] == rows, pos, -1)
 
     def _check_nodes(
         self, level: int, nodes: npt.ArrayLike, max_level: int

@@ -34,7 +34,7 @@ def _request(engine: RetrievalEngine, query: str = "") -> retrieval_pb2.Retrieve
 
 def test_only_history_only_requests_get_the_prior(engine: RetrievalEngine) -> None:
     feed = engine.job(engine.prepare(_request(engine), Deadline.after(2.0)))
-    assert feed.node_bonus is not None and feed.node_bonus.shape == (engine.trie.num_nodes,)
+    assert feed.node_bonus is not None and len(feed.node_bonus) == engine.trie.num_nodes
     search = engine.job(engine.prepare(_request(engine, "digital caliper"), Deadline.after(2.0)))
     assert search.node_bonus is None
 

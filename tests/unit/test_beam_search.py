@@ -15,7 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.common.errors import InvalidInputError
-from services.retrieval.beam_search import BeamSearch, SearchOptions, excluded_nodes
+from services.retrieval.beam_search import (
+    BeamSearch,
+    SearchOptions,
+    SparseNodeBonus,
+    excluded_nodes,
+)
+from services.retrieval.covisit import CovisitPrior, CovisitTable
 from services.retrieval.encoding import EncoderBatch, TokenLayout
 from services.retrieval.trie import SidTrie
 
@@ -517,6 +523,87 @@ def test_node_bonus_of_the_wrong_size_is_rejected(setup: tuple) -> None:
     loose = BeamSearch(model, layout, trie, codes, constrained=False)
     with pytest.raises(InvalidInputError, match="constrained"):
         loose.search(batch_of([[1]]), [SearchOptions(node_bonus=np.zeros(trie.num_nodes))])
+    short = np.zeros(trie.num_nodes - 1, np.float32)
+    sparse = SparseNodeBonus(short, np.zeros(0, np.int64), np.zeros(0, np.float32))
+    with pytest.raises(InvalidInputError, match="node_bonus"):
+        search.search(batch_of([[1]]), [SearchOptions(node_bonus=sparse)])
+
+
+def random_sparse_bonus(rng: np.random.Generator, num_nodes: int) -> SparseNodeBonus:
+    nodes = np.unique(rng.integers(0, num_nodes, rng.integers(0, num_nodes // 2 + 1)))
+    return SparseNodeBonus(
+        rng.normal(0, 2, num_nodes).astype(np.float32),
+        nodes.astype(np.int64),
+        rng.normal(0, 2, len(nodes)).astype(np.float32),
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 80),
+    widths=st.lists(st.integers(1, 16), min_size=1, max_size=4),
+    subset=st.booleans(),
+    exclude=st.booleans(),
+    compiled=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
+def test_a_sparse_node_bonus_decodes_as_its_dense_form(
+    n: int, widths: list[int], subset: bool, exclude: bool, compiled: bool, seed: int
+) -> None:
+    """A batch mixing queries without a bonus, with a sparse one and with a dense one gives
+    the same items, scores and decoder calls when every sparse bonus is made dense."""
+    sizes = (5, 3, 4, 2)
+    layout = TokenLayout(sizes, n_words=4)
+    rng = np.random.default_rng(seed)
+    codes = make_catalog(n, sizes, seed=seed, unique=False)
+    trie = SidTrie.build(codes, sizes)
+    if subset:
+        trie = trie.subset(np.flatnonzero(codes[:, 0] % 2 == 0))
+    queries = [[int(x) for x in rng.integers(1, 50, 1 + i)] for i in range(len(widths))]
+    sparse_opts, dense_opts = [], []
+    for i, w in enumerate(widths):
+        bonus = None if i % 3 == 2 else random_sparse_bonus(rng, trie.num_nodes)
+        drop = rng.integers(0, n, 3) if exclude else None
+        sparse = bonus if i % 3 == 0 else (bonus.dense() if bonus is not None else None)
+        sparse_opts.append(SearchOptions(w, 2 * w, trie, drop, sparse))
+        dense = bonus.dense() if bonus is not None else None
+        dense_opts.append(SearchOptions(w, 2 * w, trie, drop, dense))
+    out = []
+    for options in (sparse_opts, dense_opts):
+        model = FakeStepModel(layout, scale=3.0)
+        search = BeamSearch(model, layout, trie, codes, compiled=compiled)
+        out.append((search.search(batch_of(queries), options), model.calls))
+    (from_sparse, sparse_calls), (from_dense, dense_calls) = out
+    assert sparse_calls == dense_calls
+    for a, b in zip(from_sparse, from_dense, strict=True):
+        assert a.items.tolist() == b.items.tolist()
+        assert a.scores.tolist() == b.scores.tolist()
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_the_covisit_prior_decodes_the_same_sparse_or_dense(setup: tuple, compiled: bool) -> None:
+    """The prior's sparse bonus (what the service sends) and its dense reference give the
+    same items and scores, on the full trie and on a category sub-trie."""
+    layout, codes, trie, model = setup
+    rng = np.random.default_rng(11)
+    histories = [rng.integers(0, len(codes), rng.integers(2, 8)) for _ in range(200)]
+    prior = CovisitPrior(CovisitTable.from_histories(histories, len(codes)), weight=1.5)
+    search = BeamSearch(model, layout, trie, codes, compiled=compiled)
+    sub = trie.subset(np.flatnonzero(codes[:, 0] < 4))
+    changed = 0
+    for i, history in enumerate(histories[:12]):
+        query_trie = sub if i % 2 else trie
+        sparse = prior.node_bonus(query_trie, history.tolist(), len(codes))
+        dense = prior.dense_node_bonus(query_trie, history.tolist(), len(codes))
+        assert sparse is not None and dense is not None
+        runs = [
+            search.search(batch_of([[1, i]]), [SearchOptions(8, 10, query_trie, None, b)])[0]
+            for b in (sparse, dense, None)
+        ]
+        assert runs[0].items.tolist() == runs[1].items.tolist()
+        np.testing.assert_allclose(runs[0].scores, runs[1].scores, rtol=1e-6, atol=1e-6)
+        changed += runs[0].items.tolist() != runs[2].items.tolist()
+    assert changed >= 6  # the prior does steer these searches
 
 
 def test_a_cold_start_delta_takes_the_general_path() -> None:

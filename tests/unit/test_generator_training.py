@@ -30,10 +30,11 @@ from models_export.generator.prior import fit_prior
 from models_export.generator.retriever import GenerativeRetriever, open_onnx_retriever
 from models_export.generator.train import TrainSettings, load_sids, train
 from models_export.generator.vocab import train_wordpiece
-from services.common.errors import InvalidInputError
+from services.common.errors import ArtifactIntegrityError, InvalidInputError
 from services.retrieval.beam_search import BeamSearch, SearchOptions
 from services.retrieval.covisit import SETTINGS_FILE, TABLE_FILE, CovisitPrior
 from services.retrieval.encoding import (
+    CONFIG_FILE,
     EOS_ID,
     N_SPECIAL,
     PAD_ID,
@@ -310,6 +311,15 @@ def test_tiny_training_learns_the_catalog_and_exports(tmp_path: Path) -> None:
     # the service-facing batch API over the same files
     trie = SidTrie.build(codes, SIZES)
     generator = OnnxSidGenerator.from_artifact(lambda rel: tmp_path / "run" / rel, trie, codes)
+    # graphs and an encoding of another vocabulary (a SID token more) are refused at load
+    encoding = json.loads((tmp_path / "run" / "generator" / CONFIG_FILE).read_text())
+    encoding["codebook_sizes"][-1] += 1
+    other = tmp_path / CONFIG_FILE
+    other.write_text(json.dumps(encoding))
+    with pytest.raises(ArtifactIntegrityError, match="do not match"):
+        OnnxSidGenerator.from_artifact(
+            lambda rel: other if rel.endswith(CONFIG_FILE) else tmp_path / "run" / rel, trie, codes
+        )
     allowed = np.arange(0, len(items), 2)
     jobs = [
         SimpleNamespace(

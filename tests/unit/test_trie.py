@@ -555,3 +555,37 @@ def test_subtree_sums_add_up_the_items_under_every_node() -> None:
         trie.subtree_sums(np.ones((1, 5)))
     trie.add_items(np.array([[2, 3, 1]]))
     assert trie.subtree_sums(np.ones((1, 41))) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 60),
+    picks=st.integers(0, 12),
+    subset=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
+def test_path_sums_are_the_subtree_sums_of_a_few_items(
+    n: int, picks: int, subset: bool, seed: int
+) -> None:
+    """Values on a few items (some repeated, some not in a sub-trie, some not items at
+    all): ``path_sums`` names exactly the nodes where ``subtree_sums`` is non-zero."""
+    rng = np.random.default_rng(seed)
+    sizes = (3, 4, 2)
+    trie = SidTrie.build(rng.integers(0, 2, (n, 3)), sizes)  # collisions: shared leaves
+    if subset:
+        trie = trie.subset(np.flatnonzero(rng.random(n) < 0.6))
+    rows = rng.integers(-2, n + 2, picks)
+    values = rng.random(picks) + 0.1
+    dense = np.zeros(n + 2)
+    inside = (rows >= 0) & (rows < n)
+    np.add.at(dense, rows[inside], values[inside])
+    got = trie.path_sums(rows, values)
+    want = trie.subtree_sums(dense)
+    assert got is not None and want is not None
+    nodes, sums = got
+    assert nodes.tolist() == np.flatnonzero(want[0]).tolist()
+    np.testing.assert_allclose(sums, want[0, nodes], rtol=1e-12)
+    with pytest.raises(InvalidInputError):
+        trie.path_sums(rows, values[:-1] if picks else [1.0])
+    trie.add_items(np.array([[1, 3, 1]]))
+    assert trie.path_sums(rows, values) is None
