@@ -27,6 +27,7 @@ import argparse
 import hashlib
 import importlib
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -38,7 +39,12 @@ import pyarrow.parquet as pq
 
 from models_export import dataset_files, embeddings, ingest, queries, semantic_ids
 from models_export.dataset_files import DatasetFiles
-from services.common.artifacts import set_current, write_manifest
+from services.common.artifacts import (
+    MANIFEST_NAME,
+    ArtifactRepository,
+    set_current,
+    write_manifest,
+)
 from services.common.config import artifact_root
 
 StepFn = Callable[["BuildContext"], str]
@@ -332,6 +338,38 @@ def build(
     return ctx
 
 
+def extend(
+    root: Path, base: str, names: list[str], dataset: DatasetFiles, quick: bool | None = None
+) -> BuildContext:
+    """Run the steps ``names`` on a copy of the built version ``base`` into a new version
+    (e.g. a step added after ``base`` was built); the manifest records where it came from."""
+    old = ArtifactRepository(root).open(base)
+    unknown = set(names) - {n for n, _ in STEPS}
+    if unknown:
+        raise ValueError(f"unknown step(s): {', '.join(sorted(unknown))}")
+    config = dict(old.manifest.config)
+    is_quick = config.get("build") == "quick" if quick is None else quick
+    settings = BuildSettings.for_mode(is_quick)
+    config["extended_from"] = {"version": old.version, "steps": names}
+    config["steps"] = [
+        *config.get("steps", []),
+        *[n for n in names if n not in config.get("steps", [])],
+    ]
+    version = make_version(config)
+    shutil.copytree(root / old.version, root / version)
+    (root / version / MANIFEST_NAME).unlink()
+    ctx = BuildContext(dataset, root, version, settings, config, dict(old.manifest.eval))
+    for name, target in STEPS:
+        if name in names:
+            t0 = time.perf_counter()
+            summary = resolve_step(target)(ctx)
+            print(f"[{name}] {summary} ({time.perf_counter() - t0:.1f}s)", flush=True)
+    write_manifest(ctx.version_dir, version, config, ctx.eval_results)
+    set_current(root, version)
+    print(f"artifacts {version} = {old.version} + {', '.join(names)}; CURRENT -> {version}")
+    return ctx
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """CLI: ``python -m models_export artifacts``."""
     dataset_files.add_arguments(parser)
@@ -346,6 +384,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="STEP",
         help=f"leave a step out (repeatable): {', '.join(n for n, _ in STEPS)}",
     )
+    parser.add_argument(
+        "--extend",
+        metavar="VERSION",
+        default=None,
+        help="instead of a new build: run the --only steps on a copy of this built version",
+    )
+    parser.add_argument(
+        "--only", action="append", default=[], metavar="STEP", help="with --extend (repeatable)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -358,5 +405,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"[data] {dataset.name}: no item file, recommendation mode (no item text)")
     root = args.out if args.out is not None else artifact_root()
     root.mkdir(parents=True, exist_ok=True)
+    if args.extend:
+        if not args.only:
+            print("--extend needs at least one --only STEP")
+            return 2
+        extend(root, args.extend, list(args.only), dataset)
+        return 0
     build(root, dataset, quick=args.quick, skip=frozenset(args.skip))
     return 0

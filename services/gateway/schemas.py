@@ -13,6 +13,7 @@ ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,64}$"
 MIN_TIMEOUT_MS = 50
 ItemId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 UserId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+Source = Literal["generated", "lexical", "dense", "ann", "popular"]
 
 
 class SearchFilters(BaseModel):
@@ -83,7 +84,13 @@ class SearchItem(BaseModel):
     category: str | None = None
     score: float = Field(description="Final score (ranked) or retrieval score; higher is better.")
     sid: list[int] = Field(default_factory=list, description="Semantic ID codes, coarse to fine.")
-    source: Literal["generated", "ann", "popular"]
+    source: Source = Field(description="The source that ranked this item highest.")
+    sources: list[Source] = Field(
+        default_factory=list,
+        description="Every candidate source that found this item (hybrid retrieval fuses "
+        "the generator, BM25 and dense search; 'ann' fills short lists; 'popular' is the "
+        "fallback feed when retrieval is down).",
+    )
     objective_scores: dict[str, float] | None = None
 
 
@@ -101,6 +108,7 @@ class SearchResponse(BaseModel):
                             "score": -0.42,
                             "sid": [12, 40, 7],
                             "source": "generated",
+                            "sources": ["generated", "lexical"],
                         }
                     ],
                     "artifact_version": "20261126-160000-ab12cd34",

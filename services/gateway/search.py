@@ -24,6 +24,8 @@ from services.gateway.store import FeatureStore
 
 _SOURCES = {
     common_pb2.CANDIDATE_SOURCE_GENERATED: "generated",
+    common_pb2.CANDIDATE_SOURCE_LEXICAL: "lexical",
+    common_pb2.CANDIDATE_SOURCE_DENSE: "dense",
     common_pb2.CANDIDATE_SOURCE_ANN: "ann",
 }
 # Candidates fetched for the ranker to reorder when ranking is configured.
@@ -38,6 +40,17 @@ class SearchUnavailableError(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
+        self.reason = reason
+
+
+class SearchRejectedError(Exception):
+    """Retrieval refused the request as asked (e.g. a query to a catalog without item
+    text): a client error, answered with ``status`` 400 and ``reason``."""
+
+    status = 400
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
         self.reason = reason
 
 
@@ -85,6 +98,8 @@ def _item(c: common_pb2.Candidate, features: dict[str, Any] | None) -> dict[str,
         "score": round(float(c.final_score or c.retrieval_score), 6),
         "sid": list(c.sid.codes),
         "source": _SOURCES.get(c.source, "popular"),
+        "sources": [_SOURCES.get(s, "popular") for s in c.sources]
+        or [_SOURCES.get(c.source, "popular")],
     }
     if features:
         title, category = features.get("title"), features.get("category")
@@ -148,7 +163,8 @@ class SearchService:
         )
 
     async def search(self, req: SearchRequest, request_id: str) -> Answer:
-        """Answer ``req``; raise :class:`SearchUnavailableError` only when nothing can be given.
+        """Answer ``req``; raise :class:`SearchUnavailableError` only when nothing can be given,
+        :class:`SearchRejectedError` when retrieval refuses the request as asked.
 
         The answer is the JSON document of :class:`~services.gateway.schemas.SearchResponse`
         as plain dicts: every field comes from validated input or typed protobufs, and
@@ -259,6 +275,8 @@ class SearchService:
             try:
                 reply = await self.retrieval.call("Retrieve", request, budget)
             except StageFailedError as exc:
+                if exc.invalid:
+                    raise SearchRejectedError(exc.reason) from exc
                 return await self._fallback(req, excluded, exc, trace)
         for d in reply.degraded:
             trace.degrade(d.stage, d.reason)

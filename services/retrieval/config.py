@@ -38,3 +38,11 @@ class RetrievalSettings(ServiceSettings):
     covisit_prior_weight: float | None = Field(
         None, ge=0, description="override the artifact's prior weight (0 = off)"
     )
+    # Hybrid candidates for requests with query text: each source can be switched off.
+    # History-only requests always decode with the generator (+ the co-visitation prior).
+    source_generated: bool = Field(True, description="constrained generator for text queries")
+    source_lexical: bool = Field(True, description="BM25 over item text (the artifact's index)")
+    source_dense: bool = Field(True, description="query embedding against item embeddings")
+    # Items each source hands to the fusion (at least k): a deeper list lets an item that
+    # two sources rank moderately beat one that a single source ranks first.
+    fusion_depth: int = Field(20, ge=1, le=200, description="candidates per source to fuse")

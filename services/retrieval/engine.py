@@ -24,15 +24,32 @@ from services.common.limits import MAX_EXCLUDE
 from services.common.text import MAX_QUERY_CHARS, normalize_query
 from services.retrieval import metrics
 from services.retrieval.ann import AnnIndex
+from services.retrieval.beam_search import NodeBonus
 from services.retrieval.catalog import Catalog
 from services.retrieval.config import RetrievalSettings
 from services.retrieval.covisit import CovisitPrior
+from services.retrieval.fusion import FusionWeights, fuse
+from services.retrieval.lexical import LexicalIndex
 from services.retrieval.trie import SidTrie
 
 log = logging.getLogger(__name__)
 
 MAX_CATEGORY_PREFIXES = 20
 MAX_KEYWORDS = 32
+
+#: candidate source names -> the protobuf enum
+SOURCE_ENUM: dict[str, int] = {
+    "generated": common_pb2.CANDIDATE_SOURCE_GENERATED,
+    "lexical": common_pb2.CANDIDATE_SOURCE_LEXICAL,
+    "dense": common_pb2.CANDIDATE_SOURCE_DENSE,
+    "ann": common_pb2.CANDIDATE_SOURCE_ANN,
+}
+#: the hybrid sources that run beside the decoder (in threads), in this order
+SIDE_SOURCES: tuple[str, ...] = ("lexical", "dense")
+NO_TEXT_MESSAGE = (
+    "this catalog has no item text, so it cannot be searched by query: send the request "
+    "without a query (recommendation mode)"
+)
 
 
 @dataclass(slots=True)
@@ -45,7 +62,7 @@ class DecodeJob:
     beam_width: int
     n_results: int
     exclude_rows: np.ndarray
-    node_bonus: np.ndarray | None = None  # a decoding prior per trie node (see covisit)
+    node_bonus: NodeBonus | None = None  # a decoding prior per trie node (see covisit)
 
 
 class SidGenerator(Protocol):
@@ -73,7 +90,19 @@ class Prepared:
     filter_key: tuple[str, ...]
     query_embedding: np.ndarray | None
     ann_fill: bool
+    # Hybrid candidate sources for this request (empty: the generator alone, as for a
+    # history-only request); "generated" among them means the decoder runs.
+    sources: tuple[str, ...] = ()
     degraded: list[common_pb2.Degradation] = field(default_factory=list)
+
+    @property
+    def decodes(self) -> bool:
+        """Whether the generator runs for this request."""
+        return not self.sources or "generated" in self.sources
+
+    def drop_source(self, source: str, reason: str) -> None:
+        """Record that ``source`` gave nothing for this request and why."""
+        self.degraded.append(common_pb2.Degradation(stage=f"retrieval.{source}", reason=reason))
 
 
 class BeamCostModel:
@@ -128,6 +157,9 @@ class RetrievalEngine:
         manifest_sha256: str = "",
         model_names: Sequence[str] = (),
         prior: CovisitPrior | None = None,
+        has_text: bool = True,
+        lexical: LexicalIndex | None = None,
+        fusion: FusionWeights | None = None,
     ) -> None:
         self.settings = settings
         self.version = version
@@ -139,6 +171,9 @@ class RetrievalEngine:
         self.ann = ann
         self.embedder = embedder
         self.prior = prior
+        self.lexical = lexical
+        self.fusion = fusion or FusionWeights()
+        self.has_text = has_text  # False: a log-only catalog, recommendation requests only
         self.cost = BeamCostModel()
         self._filter_tries: OrderedDict[tuple[str, ...], SidTrie] = OrderedDict()
         self._filter_lock = threading.Lock()
@@ -160,6 +195,8 @@ class RetrievalEngine:
                 f"beam_width must be in [0, {s.max_beam_width}] (0 = default), got {req.beam_width}"
             )
         query = normalize_query(req.query)
+        if not self.has_text and (query or any(k.strip() for k in req.keywords)):
+            raise InvalidInputError(NO_TEXT_MESSAGE)
         if len(query) > MAX_QUERY_CHARS:
             raise InvalidInputError(f"query longer than {MAX_QUERY_CHARS} characters")
         if len(req.keywords) > MAX_KEYWORDS:
@@ -198,6 +235,7 @@ class RetrievalEngine:
             filter_key=prefixes,
             query_embedding=embedding,
             ann_fill=s.ann_fill and not req.disable_ann_fill,
+            sources=self.plan_sources(query, embedding is not None),
         )
         if beam < requested:
             metrics.BEAM_REDUCED.inc()
@@ -209,6 +247,56 @@ class RetrievalEngine:
                 )
             )
         return prepared
+
+    def plan_sources(self, query: str, has_embedding: bool) -> tuple[str, ...]:
+        """The hybrid sources a text query gets (settings and artifact permitting); ()
+        when only the generator runs (no query text, or no other source available)."""
+        if not query:
+            return ()
+        s = self.settings
+        sources = ["generated"] if s.source_generated else []
+        if s.source_lexical and self.lexical is not None:
+            sources.append("lexical")
+        if s.source_dense and self.ann is not None and (has_embedding or self.embedder):
+            sources.append("dense")
+        return () if sources == ["generated"] else tuple(sources)
+
+    def fusion_depth(self, prepared: Prepared) -> int:
+        """How many candidates each source hands to the fusion."""
+        return max(prepared.k, self.settings.fusion_depth)
+
+    def query_vector(self, prepared: Prepared) -> np.ndarray | None:
+        """The query's embedding: given with the request, else encoded once (and kept)."""
+        if prepared.query_embedding is None and prepared.query and self.embedder is not None:
+            prepared.query_embedding = self.embedder.encode([prepared.query])[0]
+        return prepared.query_embedding
+
+    def source_candidates(self, prepared: Prepared, source: str) -> list[tuple[int, float]]:
+        """One side source's (row, score) list, best first, filters and exclusions applied.
+
+        Runs in a worker thread beside the decoder (``services.retrieval.hybrid``)."""
+        start = time.perf_counter()
+        depth = self.fusion_depth(prepared)
+        hits: list[tuple[int, float]]
+        if source == "lexical":
+            assert self.lexical is not None
+            hits = self.lexical.search(
+                prepared.query, depth, exclude=prepared.exclude, allowed=prepared.allowed_rows
+            )
+        elif source == "dense":
+            assert self.ann is not None
+            vector = self.query_vector(prepared)
+            hits = (
+                []
+                if vector is None
+                else self.ann.search(
+                    vector, depth, exclude=prepared.exclude, allowed=prepared.allowed_rows
+                )
+            )
+        else:
+            raise ValueError(f"unknown side source {source!r}; known: {SIDE_SOURCES}")
+        metrics.SOURCE_SECONDS.labels(source).observe(time.perf_counter() - start)
+        return hits
 
     def trie_for(self, prepared: Prepared) -> SidTrie:
         """The full trie, or the (cached) sub-trie of the category filter."""
@@ -235,12 +323,12 @@ class RetrievalEngine:
             history_rows=prepared.history_rows,
             trie=trie,
             beam_width=prepared.beam_width,
-            n_results=prepared.k,
+            n_results=self.fusion_depth(prepared) if prepared.sources else prepared.k,
             exclude_rows=np.asarray(sorted(prepared.exclude), dtype=np.int64),
             node_bonus=self._prior_bonus(prepared, trie),
         )
 
-    def _prior_bonus(self, prepared: Prepared, trie: SidTrie) -> np.ndarray | None:
+    def _prior_bonus(self, prepared: Prepared, trie: SidTrie) -> NodeBonus | None:
         """The prior's per-node bonus for a history-only request, else None. A failure
         degrades the request to the generator alone."""
         if self.prior is None or prepared.query or not len(prepared.history_rows):
@@ -273,29 +361,30 @@ class RetrievalEngine:
     # -- response assembly ---------------------------------------------------
 
     def finish(
-        self, prepared: Prepared, decoded: list[tuple[int, float]]
+        self,
+        prepared: Prepared,
+        decoded: list[tuple[int, float]],
+        side: dict[str, list[tuple[int, float]]] | None = None,
     ) -> retrieval_pb2.RetrieveResponse:
-        """Apply exclusions, fill from ANN when short, and build the reply."""
-        n_items = len(self.catalog)
+        """Apply exclusions, fuse the hybrid sources' lists (``side``: what the side sources
+        returned in time), fill from ANN when short, and build the reply."""
+        generated = self._valid_generated(prepared, decoded)
         picked: list[common_pb2.Candidate] = []
-        seen: set[int] = set()
-        for row, score in decoded:
-            if not 0 <= row < n_items:
-                metrics.INVALID_SIDS.inc()
-                continue
-            if row in prepared.exclude or row in seen:
-                continue
-            seen.add(row)
-            picked.append(self._candidate(row, score, common_pb2.CANDIDATE_SOURCE_GENERATED))
-            if len(picked) == prepared.k:
-                break
+        if prepared.sources:
+            ranked = {"generated": [row for row, _ in generated]} if prepared.decodes else {}
+            for source, hits in (side or {}).items():
+                ranked[source] = [row for row, _ in hits]
+            for f in fuse(ranked, self.fusion, prepared.k):
+                picked.append(self._candidate(f.row, f.score, f.sources))
+        else:
+            for row, score in generated[: prepared.k]:
+                picked.append(self._candidate(row, score, ["generated"]))
+        seen = {self.catalog.row_of[c.item_id] for c in picked}
         degraded = list(prepared.degraded)
         if len(picked) < prepared.k and prepared.ann_fill:
             degraded.extend(self._fill(prepared, picked, seen))
         for c in picked:
-            metrics.ITEMS.labels(
-                "generated" if c.source == common_pb2.CANDIDATE_SOURCE_GENERATED else "ann"
-            ).inc()
+            metrics.ITEMS.labels(_SOURCE_NAME[c.source]).inc()
         return retrieval_pb2.RetrieveResponse(
             candidates=picked,
             artifact_version=self.version,
@@ -304,11 +393,30 @@ class RetrievalEngine:
             degraded=degraded,
         )
 
-    def _candidate(self, row: int, score: float, source: int) -> common_pb2.Candidate:
+    def _valid_generated(
+        self, prepared: Prepared, decoded: list[tuple[int, float]]
+    ) -> list[tuple[int, float]]:
+        """Decoded (row, score) that name an item, not excluded, first occurrence only."""
+        n_items = len(self.catalog)
+        out: list[tuple[int, float]] = []
+        seen: set[int] = set()
+        for row, score in decoded:
+            if not 0 <= row < n_items:
+                metrics.INVALID_SIDS.inc()
+                continue
+            if row in prepared.exclude or row in seen:
+                continue
+            seen.add(row)
+            out.append((row, score))
+        return out
+
+    def _candidate(self, row: int, score: float, sources: Sequence[str]) -> common_pb2.Candidate:
+        enums = [SOURCE_ENUM[s] for s in sources]
         return common_pb2.Candidate(
             item_id=self.catalog.item_ids[row],
             sid=common_pb2.SemanticId(codes=self.catalog.codes[row].tolist()),
-            source=source,  # type: ignore[arg-type]
+            source=enums[0],  # type: ignore[arg-type]
+            sources=enums,  # type: ignore[arg-type]
             retrieval_score=float(score),
         )
 
@@ -317,9 +425,7 @@ class RetrievalEngine:
     ) -> list[common_pb2.Degradation]:
         if self.ann is None:
             return [common_pb2.Degradation(stage="retrieval.ann_fill", reason="no ANN index")]
-        vector = prepared.query_embedding
-        if vector is None and prepared.query and self.embedder is not None:
-            vector = self.embedder.encode([prepared.query])[0]
+        vector = self.query_vector(prepared)
         if vector is None:
             vector = self.ann.history_vector(prepared.history_rows)
         if vector is None:
@@ -331,5 +437,8 @@ class RetrievalEngine:
         )
         for row, score in hits:
             seen.add(row)
-            picked.append(self._candidate(row, score, common_pb2.CANDIDATE_SOURCE_ANN))
+            picked.append(self._candidate(row, score, ["ann"]))
         return []
+
+
+_SOURCE_NAME: dict[int, str] = {v: k for k, v in SOURCE_ENUM.items()}

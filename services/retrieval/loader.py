@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 
@@ -12,14 +13,15 @@ from services.common.artifacts import ArtifactRepository, ArtifactSet
 from services.common.errors import ArtifactIntegrityError
 from services.common.text_encoder import TextEncoder
 from services.retrieval.ann import AnnIndex
-from services.retrieval.beam_search import BeamSearch
 from services.retrieval.catalog import Catalog
 from services.retrieval.config import RetrievalSettings
 from services.retrieval.covisit import SETTINGS_FILE, TABLE_FILE, CovisitPrior
-from services.retrieval.encoding import CONFIG_FILE, TOKENIZER_FILE, EncodingConfig, InputEncoder
-from services.retrieval.engine import DecodeJob, RetrievalEngine
-from services.retrieval.generator import OnnxSidGenerator
-from services.retrieval.onnx_generator import DECODER_NAME, ENCODER_NAME, OnnxStepModel
+from services.retrieval.encoding import CONFIG_FILE, EncodingConfig
+from services.retrieval.engine import DecodeJob, Prepared, RetrievalEngine
+from services.retrieval.fusion import FUSION_FILE, FusionWeights
+from services.retrieval.lexical import CONFIG_FILE as LEXICAL_CONFIG
+from services.retrieval.lexical import LexicalIndex
+from services.retrieval.onnx_generator import DECODER_NAME, ENCODER_NAME, OnnxSidGenerator
 from services.retrieval.trie import SidTrie
 
 log = logging.getLogger(__name__)
@@ -65,19 +67,39 @@ def _prior(arts: ArtifactSet, settings: RetrievalSettings, n_items: int) -> Covi
     return prior if prior.weight > 0 else None
 
 
+def _lexical(arts: ArtifactSet, n_items: int) -> LexicalIndex | None:
+    """The BM25 index of the item text, when the artifact has one (text catalogs do)."""
+    if not arts.has(LEXICAL_CONFIG):
+        return None
+    lexical = LexicalIndex.load(arts.path)
+    if lexical.num_items != n_items:
+        raise ArtifactIntegrityError(
+            f"lexical index covers {lexical.num_items} items, the catalog {n_items}"
+        )
+    return lexical
+
+
+def _fusion(arts: ArtifactSet) -> FusionWeights:
+    """The fusion weights the build chose on validation (RRF defaults when absent)."""
+    if not arts.has(FUSION_FILE):
+        return FusionWeights()
+    return FusionWeights.from_dict(json.loads(arts.path(FUSION_FILE).read_text()))
+
+
 def load_engine(settings: RetrievalSettings) -> RetrievalEngine:
     """Open the configured version, load every model, warm up and calibrate the beam cost."""
     start = time.perf_counter()
     arts = ArtifactRepository(settings.artifact_dir).open(settings.artifact_version or None)
     encoding_cfg = arts.path(f"generator/{CONFIG_FILE}")
-    tokenizer = arts.path(f"generator/{TOKENIZER_FILE}")
     sizes = EncodingConfig.from_json(encoding_cfg.read_text()).codebook_sizes
     codes, trie = _codes_and_trie(arts, tuple(sizes))
-    encoder = InputEncoder.from_files(encoding_cfg, tokenizer, codes)
-    model = OnnxStepModel.from_artifact(
-        arts.path, settings.intra_op_threads, encoder_threads=settings.encoder_threads or None
+    generator = OnnxSidGenerator.from_artifact(
+        arts.path,
+        trie,
+        codes,
+        settings.intra_op_threads,
+        encoder_threads=settings.encoder_threads or None,
     )
-    generator = OnnxSidGenerator(encoder, BeamSearch(model, encoder.layout, trie, codes))
     catalog = Catalog.load(arts, codes)
     ann = AnnIndex(np.load(arts.path("embeddings/items.npy"), allow_pickle=False))
     embedder = None
@@ -86,6 +108,7 @@ def load_engine(settings: RetrievalSettings) -> RetrievalEngine:
             arts.path(TEXT_ENCODER), arts.path(TEXT_TOKENIZER), settings.intra_op_threads
         )
     prior = _prior(arts, settings, len(catalog))
+    lexical = _lexical(arts, len(catalog))
     engine = RetrievalEngine(
         settings,
         arts.version,
@@ -95,8 +118,16 @@ def load_engine(settings: RetrievalSettings) -> RetrievalEngine:
         ann,
         embedder,
         manifest_sha256=arts.manifest_sha256,
-        model_names=[ENCODER_NAME, DECODER_NAME, *(["text_encoder"] if embedder else [])],
+        model_names=[
+            ENCODER_NAME,
+            DECODER_NAME,
+            *(["text_encoder"] if embedder else []),
+            *(["lexical"] if lexical else []),
+        ],
         prior=prior,
+        lexical=lexical,
+        fusion=_fusion(arts),
+        has_text=bool(arts.manifest.config.get("has_text", True)),
     )
     warm_up(engine)
     log.info(
@@ -133,4 +164,8 @@ def warm_up(engine: RetrievalEngine) -> None:
     engine.generator.decode([excluding, filtered])
     if engine.embedder is not None:
         engine.embedder.encode(["warm up"])
+    probe = Prepared("warm up query", history, 10, 4, set(), None, (), None, False)
+    for source in ("lexical", "dense"):
+        if source in engine.plan_sources(probe.query, False):
+            engine.source_candidates(probe, source)
     engine.cost.calibrate(timings[0], timings[1])

@@ -43,3 +43,15 @@ PRIOR = Counter(
     "or skipped (the history leads to no co-visited item, or a cold-start delta is pending).",
     ["outcome"],
 )
+SOURCE_SECONDS = Histogram(
+    "gensearch_retrieval_source_seconds",
+    "Time of one hybrid side source (lexical, dense) for one request.",
+    ["source"],
+    buckets=LATENCY_BUCKETS,
+)
+SOURCE_DROPPED = Counter(
+    "gensearch_retrieval_source_dropped_total",
+    "Hybrid side sources left out of a request's fusion, by source and reason "
+    "(timeout: not done within the budget; error: it failed).",
+    ["source", "reason"],
+)

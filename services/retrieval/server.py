@@ -16,6 +16,7 @@ from services.common.interceptors import current_deadline
 from services.retrieval.batching import DynamicBatcher
 from services.retrieval.config import RetrievalSettings
 from services.retrieval.engine import DecodeJob, RetrievalEngine
+from services.retrieval.hybrid import collect, start_side_sources
 
 SERVICE_NAME = "gensearch.retrieval.v1.RetrievalService"
 MAX_BATCH_REQUESTS = 64
@@ -63,17 +64,21 @@ class RetrievalApp(retrieval_pb2_grpc.RetrievalServiceServicer):
         engine, batcher = self._ready()
         start = time.perf_counter()
         prepared = engine.prepare(request, deadline)
-        job = engine.job(prepared)
+        side_tasks = start_side_sources(engine, prepared, deadline)
+        job = engine.job(prepared) if prepared.decodes else None
         prepared_at = time.perf_counter()
-        decoded = await batcher.submit(job)
+        decoded = await batcher.submit(job) if job is not None else []
+        side = await collect(side_tasks)
         decoded_at = time.perf_counter()
         deadline.check("ANN fill")
-        response = engine.finish(prepared, decoded)
+        response = engine.finish(prepared, decoded, side)
         if request.meta.debug:
             response.timings.extend(
                 [
                     common_pb2.StageTiming(stage="prepare", seconds=prepared_at - start),
-                    common_pb2.StageTiming(stage="queue+decode", seconds=decoded_at - prepared_at),
+                    common_pb2.StageTiming(
+                        stage="queue+decode+sources", seconds=decoded_at - prepared_at
+                    ),
                     common_pb2.StageTiming(
                         stage="finish", seconds=time.perf_counter() - decoded_at
                     ),

@@ -48,7 +48,7 @@ def test_main_job_prints_a_real_answer(artifact_root: Path) -> None:
     answer = _answer(done.stdout)
     items = answer["items"]
     assert isinstance(items, list) and len(items) == 5
-    assert all(item["source"] in ("generated", "ann") for item in items)
+    assert all(item["source"] in ("generated", "lexical", "dense", "ann") for item in items)
     assert answer["artifact_version"] and answer["degraded"] == []
     assert "[stack] stopped" in done.stdout
 

@@ -32,10 +32,13 @@ def test_search_with_user_returns_k_items(redis_stack: Stack) -> None:
     assert status == 200, body
     assert len(body["items"]) == 7
     assert len({i["id"] for i in body["items"]}) == 7
-    assert all(i["source"] in ("generated", "ann") for i in body["items"])
-    assert any(i["source"] == "generated" for i in body["items"])
+    known = {"generated", "lexical", "dense", "ann"}
+    assert all(i["source"] == i["sources"][0] for i in body["items"])
+    assert all(set(i["sources"]) <= known for i in body["items"])
+    # a text query gets hybrid candidates: the lexical source finds calipers by name
+    assert any("lexical" in i["sources"] for i in body["items"])
     assert all(i["title"] for i in body["items"]), "titles come from the item features"
-    assert all(i["sid"] for i in body["items"] if i["source"] == "generated")
+    assert all(i["sid"] for i in body["items"])
     assert body["artifact_version"]
     assert body["degraded"] == []
     assert {"retrieval", "user_features", "item_features"} <= set(body["timings_ms"])

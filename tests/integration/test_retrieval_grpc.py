@@ -31,6 +31,8 @@ pytestmark = pytest.mark.integration
 
 GENERATED = common_pb2.CANDIDATE_SOURCE_GENERATED
 ANN = common_pb2.CANDIDATE_SOURCE_ANN
+LEXICAL = common_pb2.CANDIDATE_SOURCE_LEXICAL
+DENSE = common_pb2.CANDIDATE_SOURCE_DENSE
 
 
 @dataclass
@@ -141,7 +143,7 @@ def test_category_filter_is_a_decoding_constraint(retrieval: RetrievalClient) ->
     prefix = next(p for p, n in counts.most_common() if n < len(retrieval.item_ids) // 4)
     reply = retrieval.stub.Retrieve(
         _request(
-            query="measuring tool",
+            query=prefix.split(CATEGORY_SEP)[-1].lower(),
             user=_history(retrieval),
             k=10,
             category_prefixes=[prefix],
@@ -151,7 +153,19 @@ def test_category_filter_is_a_decoding_constraint(retrieval: RetrievalClient) ->
     )
     row_of = {item_id: row for row, item_id in enumerate(retrieval.item_ids)}
     assert len(reply.candidates) == 10, "a constraint, not a post-filter returning fewer"
+    # every source honours the filter: the generator inside decoding, BM25 and dense
+    # search by restricting the rows they score
+    assert {LEXICAL, DENSE} <= {s for c in reply.candidates for s in c.sources}
     for c in reply.candidates:
+        path = retrieval.categories[row_of[c.item_id]]
+        assert path == prefix or path.startswith(prefix + CATEGORY_SEP)
+    # the generator alone (a history-only request): k items, all inside the filter
+    feed = retrieval.stub.Retrieve(
+        _request(user=_history(retrieval), k=10, category_prefixes=[prefix], disable_ann_fill=True),
+        timeout=5,
+    )
+    assert len(feed.candidates) == 10
+    for c in feed.candidates:
         assert c.source == GENERATED
         path = retrieval.categories[row_of[c.item_id]]
         assert path == prefix or path.startswith(prefix + CATEGORY_SEP)
@@ -205,6 +219,10 @@ def test_unaffordable_beam_is_shrunk_and_said(artifact_root: Path, tmp_path: Pat
         assert "beam 128 -> 1" in note.reason
         assert len(reply.candidates) == 10
         assert {c.source for c in reply.candidates} == {GENERATED, ANN}
+        # the side sources got the same sliver of budget: dropped, and the answer says so
+        dropped = {d.stage: d.reason for d in reply.degraded}
+        assert "dropped" in dropped["retrieval.lexical"]
+        assert "dropped" in dropped["retrieval.dense"]
         assert served.metric("gensearch_retrieval_beam_reduced_total") == 1
         assert served.metric("gensearch_retrieval_ann_fill_total") == 1
 

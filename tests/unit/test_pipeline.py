@@ -78,6 +78,17 @@ def test_build_writes_a_complete_verified_version(
     assert set(config["data"]["files"]) == {"items", "log"}
     assert config["data"]["files"]["log"]["path"] == "amazon_scientific/Scientific.inter.json"
     assert [name for name, _ in config["step_seconds"]] == [n for n, _ in steps]
+
+    # a step added later runs on a copy of the built version, into a new verified version
+    from models_export.dataset_files import named
+
+    extended = pipeline.extend(root, ctx.version, ["lexical"], named(tiny_data))
+    new = repo.open()
+    assert new.version == extended.version != ctx.version
+    new.verify()
+    assert new.has("lexical/config.json") and not art.has("lexical/config.json")
+    assert new.manifest.config["extended_from"] == {"version": ctx.version, "steps": ["lexical"]}
+    assert new.has("eval/probe.json")  # everything the base version held is kept
     assert art.manifest.eval["probe"] == {"ok": True, "quick": True}
     assert art.manifest.eval["queries"]["derived"] is True
 

@@ -1,33 +1,21 @@
-"""BM25 (bm25s, Lucene variant) over item text."""
+"""BM25 over item text: the served lexical index (``services.retrieval.lexical``) as a
+harness baseline.
+
+The baseline keeps the published setting (no stemming) so that ``baselines.md`` stays
+reproducible; the served index stems (see ``docs/results/hybrid_retrieval.md`` for the
+served source's own figures).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import bm25s
 import numpy as np
 
 from models_export.evaluation.protocol import SEARCH, EvalQuery, top_k_rows
+from services.retrieval.lexical import DEFAULT_FIELDS, LexicalConfig, LexicalIndex, item_text
 
-# Fields of items.parquet that BM25 indexes by default; the evaluation suite chooses among a few
-# field sets on validation (see docs/results/baselines.md).
-DEFAULT_FIELDS: tuple[str, ...] = ("title", "brand", "categories")
-
-
-def item_text(
-    title: str, brand: str, categories: Sequence[str], description: str, fields: Sequence[str]
-) -> str:
-    """The indexed text of one item: the chosen fields joined by newlines."""
-    parts = {
-        "title": title,
-        "brand": brand,
-        "categories": " ".join(categories),
-        "description": description,
-    }
-    unknown = set(fields) - set(parts)
-    if unknown:
-        raise ValueError(f"unknown BM25 fields {sorted(unknown)}; choose from {sorted(parts)}")
-    return "\n".join(parts[f] for f in fields if parts[f])
+__all__ = ["DEFAULT_FIELDS", "Bm25Retriever", "item_text"]
 
 
 class Bm25Retriever:
@@ -42,24 +30,16 @@ class Bm25Retriever:
         k1: float = 1.5,
         b: float = 0.75,
         tie_key: np.ndarray | None = None,
+        stemmer: str | None = None,
     ) -> None:
         self.num_items = len(texts)
         self.tie_key = tie_key
-        tokens = bm25s.tokenize(list(texts), stopwords="en", show_progress=False)
-        self.index = bm25s.BM25(k1=k1, b=b)
-        self.index.index(tokens, show_progress=False)
-        self._vocab: dict[str, int] = tokens.vocab
-
-    def _query_tokens(self, text: str) -> list[str]:
-        toks = bm25s.tokenize([text], stopwords="en", return_ids=False, show_progress=False)[0]
-        return [t for t in toks if t in self._vocab]
+        config = LexicalConfig(stemmer=stemmer, k1=k1, b=b)
+        self.index = LexicalIndex.build(list(texts), config)
 
     def scores(self, text: str) -> np.ndarray:
         """BM25 score of every item for ``text`` (zeros when no query word is in the index)."""
-        toks = self._query_tokens(text)
-        if not toks:
-            return np.zeros(self.num_items, dtype=np.float32)
-        return np.asarray(self.index.get_scores(toks), dtype=np.float32)
+        return self.index.scores(text)
 
     def retrieve(self, queries: Sequence[EvalQuery], k: int) -> list[list[int]]:
         cache: dict[str, list[int]] = {}
