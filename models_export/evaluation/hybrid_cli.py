@@ -120,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
             ("split", args.split),
             ("max_cases", args.max_cases),
             ("seed", args.seed),
+            ("name", args.name),
         )
     )
     doc = {
