@@ -42,7 +42,7 @@ from services.retrieval.lexical import LexicalConfig, LexicalIndex, item_text
 CLEAN = "clean"
 SELECTION_METRIC = "ndcg@10"
 #: the weight grid searched on validation (generated fixed at 1: RRF is scale-free)
-LEXICAL_GRID: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+LEXICAL_GRID: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 DENSE_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
 K0_GRID: tuple[float, ...] = (5.0, 20.0, 60.0)
 
