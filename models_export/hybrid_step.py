@@ -22,7 +22,7 @@ from models_export.evaluation.hybrid import (
     query_classes,
     run_classes,
 )
-from services.retrieval.fusion import FUSION_FILE
+from services.retrieval.fusion import FUSION_FILE, KNOWN, UNKNOWN
 from services.retrieval.lexical import LEXICAL_DIR, LexicalConfig, LexicalIndex, item_text
 
 if TYPE_CHECKING:
@@ -72,13 +72,18 @@ def step_fusion(ctx: BuildContext) -> str:
         sources.encode,
     )
     runs = run_classes(sources, classes, depth=20)
-    weights, grid = choose_weights(runs)
-    best = max(grid, key=lambda row: row["valid_" + SELECTION_METRIC]) if grid else {}
+    policy, grid = choose_weights(runs)
+    best = {
+        cond: max((row.get(f"valid_{SELECTION_METRIC}_{cond}", 0.0) for row in grid), default=0.0)
+        for cond in (KNOWN, UNKNOWN)
+    }
     doc = {
-        **weights.to_dict(),
-        "chosen_on": "valid split, derived queries (clean and noisy), mean "
-        f"{SELECTION_METRIC} over {len(classes)} classes of up to {plan['max_cases']} cases",
+        **policy.to_dict(),
+        "chosen_on": "valid split, derived queries (clean and noisy), per query condition "
+        f"(every term in the catalog vocabulary or not): mean {SELECTION_METRIC} over "
+        f"{len(classes)} classes of up to {plan['max_cases']} cases",
         "classes": [qc.name for qc in classes],
+        "cases_with_unknown_terms": sum(not k for r in runs for k in r.known),
         "grid": grid,
     }
     ctx.path(FUSION_FILE).write_text(json.dumps(doc, indent=2) + "\n")
@@ -86,8 +91,12 @@ def step_fusion(ctx: BuildContext) -> str:
         "plan": {k: list(v) if isinstance(v, tuple) else v for k, v in plan.items()}
     }
     ctx.eval_results["fusion"] = {
-        **weights.to_dict(),
-        "valid_" + SELECTION_METRIC: best.get("valid_" + SELECTION_METRIC),
+        **policy.to_dict(),
+        **{f"valid_{SELECTION_METRIC}_{cond}": score for cond, score in best.items()},
         "queries_derived": True,
     }
-    return f"RRF weights {dict(weights.weights)} k0 {weights.k0:g} (sources {sources.names})"
+    known, unknown = policy.known, policy.unknown
+    return (
+        f"RRF weights, all terms known: {dict(known.weights)} k0 {known.k0:g}; some unknown: "
+        f"{dict(unknown.weights)} k0 {unknown.k0:g} (sources {sources.names})"
+    )

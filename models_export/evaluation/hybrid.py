@@ -35,7 +35,7 @@ from models_export.noisy_queries import (
     noisy_variant,
 )
 from services.retrieval.ann import AnnIndex
-from services.retrieval.fusion import SOURCES, FusionWeights, fuse
+from services.retrieval.fusion import KNOWN, SOURCES, UNKNOWN, FusionPolicy, FusionWeights, fuse
 from services.retrieval.lexical import CONFIG_FILE as LEXICAL_CONFIG
 from services.retrieval.lexical import LexicalConfig, LexicalIndex, item_text
 
@@ -63,6 +63,16 @@ class QueryClass:
     def name(self) -> str:
         hist = "+history" if self.with_history else ""
         return f"{self.kind}/{self.noise}{hist}"
+
+
+@dataclass(slots=True)
+class ClassRun:
+    """A class's per-source ranked lists and, per case, whether every query term is in
+    the catalog vocabulary (which of the policy's weight sets the service would use)."""
+
+    qc: QueryClass
+    lists: dict[str, list[list[int]]]
+    known: list[bool]
 
 
 def sample_cases(cases: list[EvalCase], max_cases: int | None, seed: int) -> list[EvalCase]:
@@ -140,6 +150,13 @@ class HybridSources:
         }
         return [s for s in SOURCES if present[s]]
 
+    def known(self, cases: Sequence[EvalCase]) -> list[bool]:
+        """Per case: every query term in the catalog vocabulary (True without BM25)."""
+        lex = self.lexical
+        if lex is None:
+            return [True] * len(cases)
+        return [lex.all_terms_known(c.request.query or "") for c in cases]
+
     def lists(self, cases: Sequence[EvalCase], depth: int) -> dict[str, list[list[int]]]:
         """Each source's top ``depth`` rows per case."""
         out: dict[str, list[list[int]]] = {}
@@ -161,20 +178,33 @@ class HybridSources:
         return out
 
 
-def fused(lists: dict[str, list[list[int]]], weights: FusionWeights, k: int) -> list[list[int]]:
-    """The fused top ``k`` per case."""
+def fused(
+    lists: dict[str, list[list[int]]],
+    policy: FusionPolicy | FusionWeights,
+    k: int,
+    known: Sequence[bool] | None = None,
+) -> list[list[int]]:
+    """The fused top ``k`` per case (a policy picks each case's weights by ``known``)."""
     n = len(next(iter(lists.values()))) if lists else 0
-    return [
-        [f.row for f in fuse({s: v[i] for s, v in lists.items()}, weights, k)] for i in range(n)
-    ]
+    out = []
+    for i in range(n):
+        if isinstance(policy, FusionPolicy):
+            weights = policy.for_query(True if known is None else known[i])
+        else:
+            weights = policy
+        out.append([f.row for f in fuse({s: v[i] for s, v in lists.items()}, weights, k)])
+    return out
 
 
 def method_lists(
-    lists: dict[str, list[list[int]]], weights: FusionWeights, k: int
+    lists: dict[str, list[list[int]]],
+    policy: FusionPolicy | FusionWeights,
+    k: int,
+    known: Sequence[bool] | None = None,
 ) -> dict[str, list[list[int]]]:
     """Each source alone (its own order) and the hybrid."""
     out = {s: [row[:k] for row in v] for s, v in lists.items()}
-    out["hybrid"] = fused(lists, weights, k)
+    out["hybrid"] = fused(lists, policy, k, known)
     return out
 
 
@@ -194,26 +224,42 @@ def weight_grid(names: Sequence[str]) -> list[FusionWeights]:
     ]
 
 
+def _subset(run: ClassRun, want_known: bool) -> tuple[dict[str, list[list[int]]], list[int]]:
+    keep = [i for i, known in enumerate(run.known) if known == want_known]
+    lists = {s: [v[i] for i in keep] for s, v in run.lists.items()}
+    return lists, [run.qc.cases[i].target for i in keep]
+
+
 def choose_weights(
-    classes: Sequence[tuple[QueryClass, dict[str, list[list[int]]]]], k: int = 10
-) -> tuple[FusionWeights, list[dict[str, Any]]]:
-    """The grid point with the best mean validation NDCG@10 over all classes."""
-    if not classes:
-        return FusionWeights(), []
-    names = list(classes[0][1])
-    table: list[dict[str, Any]] = []
-    best: tuple[float, FusionWeights] | None = None
-    for w in weight_grid(names):
-        scores = []
-        for qc, lists in classes:
-            ranks = target_ranks(fused(lists, w, k), [c.target for c in qc.cases])
-            scores.append(all_metrics(ranks)[SELECTION_METRIC])
-        mean = float(np.mean(scores))
-        table.append({**w.to_dict(), "valid_" + SELECTION_METRIC: round(mean, 5)})
-        if best is None or mean > best[0] + 1e-12:
-            best = (mean, w)
-    assert best is not None
-    return best[1], table
+    runs: Sequence[ClassRun], k: int = 10
+) -> tuple[FusionPolicy, list[dict[str, Any]]]:
+    """Per query condition (all terms known / not), the grid point with the best
+    validation NDCG@10 over all cases of that condition."""
+    if not runs:
+        return FusionPolicy(), []
+    names = list(runs[0].lists)
+    grid = weight_grid(names)
+    table: list[dict[str, Any]] = [{**w.to_dict()} for w in grid]
+    chosen: dict[str, FusionWeights] = {}
+    for condition, want in ((KNOWN, True), (UNKNOWN, False)):
+        parts = [_subset(r, want) for r in runs]
+        parts = [(lists, targets) for lists, targets in parts if targets]
+        best: tuple[float, FusionWeights] | None = None
+        for w, row in zip(grid, table, strict=True):
+            if not parts:
+                break
+            scores = [
+                all_metrics(target_ranks(fused(lists, w, k), targets))[SELECTION_METRIC]
+                for lists, targets in parts
+            ]
+            # pooled over cases: a class with a handful of cases of this condition (a clean
+            # query with one rare word) must not weigh as much as a class of typos
+            mean = float(np.average(scores, weights=[len(t) for _, t in parts]))
+            row[f"valid_{SELECTION_METRIC}_{condition}"] = round(mean, 5)
+            if best is None or mean > best[0] + 1e-12:
+                best = (mean, w)
+        chosen[condition] = best[1] if best is not None else FusionWeights()
+    return FusionPolicy(chosen[KNOWN], chosen[UNKNOWN]), table
 
 
 def open_sources(version_dir: Path, threads: int = 2, beam_width: int = 20) -> HybridSources:
@@ -260,20 +306,19 @@ def run_classes(
     classes: Sequence[QueryClass],
     depth: int,
     show_progress: bool = True,
-) -> list[tuple[QueryClass, dict[str, list[list[int]]]]]:
+) -> list[ClassRun]:
     """Every class's per-source lists."""
     out = []
     for qc in tqdm(classes, desc="hybrid sources", unit="class", disable=not show_progress):
-        out.append((qc, sources.lists(qc.cases, depth)))
+        out.append(ClassRun(qc, sources.lists(qc.cases, depth), sources.known(qc.cases)))
     return out
 
 
-def score_classes(
-    runs: Sequence[tuple[QueryClass, dict[str, list[list[int]]]]], weights: FusionWeights
-) -> list[dict[str, Any]]:
+def score_classes(runs: Sequence[ClassRun], policy: FusionPolicy) -> list[dict[str, Any]]:
     """Metrics of every source alone and of the hybrid, per class."""
     rows = []
-    for qc, lists in runs:
+    for run in runs:
+        qc, lists = run.qc, run.lists
         targets = [c.target for c in qc.cases]
         row: dict[str, Any] = {
             "class": qc.name,
@@ -281,9 +326,10 @@ def score_classes(
             "noise": qc.noise,
             "history": qc.with_history,
             "n": len(qc.cases),
+            "unknown_terms": sum(not k for k in run.known),
             "methods": {},
         }
-        for method, ranked in method_lists(lists, weights, 100).items():
+        for method, ranked in method_lists(lists, policy, 100, run.known).items():
             row["methods"][method] = all_metrics(target_ranks(ranked, targets))
         rows.append(row)
     return rows
@@ -297,6 +343,7 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
 __all__ = [
     "CLEAN",
     "NOISE_KINDS",
+    "ClassRun",
     "HybridSources",
     "QueryClass",
     "build_lexical",

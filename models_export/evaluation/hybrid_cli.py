@@ -28,7 +28,7 @@ from models_export.evaluation.hybrid import (
 )
 from services.common.artifacts import ArtifactRepository
 from services.common.config import artifact_root
-from services.retrieval.fusion import FUSION_FILE, FusionWeights
+from services.retrieval.fusion import FUSION_FILE, KNOWN, UNKNOWN, FusionPolicy
 
 METHODS = ("generated", "lexical", "dense", "hybrid")
 LABELS = {"generated": "generator", "lexical": "BM25", "dense": "dense", "hybrid": "hybrid"}
@@ -48,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
+def _weights(w: dict[str, Any]) -> str:
+    parts = ", ".join(f"{k} {v:g}" for k, v in w["weights"].items())
+    return f"{parts}; k0 {w['k0']:g}"
+
+
 def _cell(metrics: dict[str, float]) -> str:
     return f"{metrics['recall@10']:.4f} / {metrics['ndcg@10']:.4f}"
 
@@ -65,14 +70,17 @@ def render(doc: dict[str, Any]) -> str:
         f"{doc['max_cases']} sampled targets per query kind (seed {doc['seed']}), the same "
         "targets in every row of a kind. Machine: "
         f"{doc['machine']}. Total time: {doc['seconds']:.0f} s.  ",
-        f"Fusion: weighted RRF, weights {doc['fusion']['weights']}, k0 {doc['fusion']['k0']:g} "
-        f"({doc['fusion_source']}). Every source hands its top 20 to the fusion, as served.",
+        "Fusion: weighted RRF with one weight set for queries whose terms are all in the "
+        f"catalog vocabulary ({_weights(doc['fusion'][KNOWN])}) and one for queries with an "
+        f"unknown term ({_weights(doc['fusion'][UNKNOWN])}), {doc['fusion_source']}. Every "
+        "source hands its top 20 to the fusion, as served. 'unknown' = cases with an unknown "
+        "term.",
         "",
         "Cells are Recall@10 / NDCG@10. 'gain' = hybrid NDCG@10 over the best single source; "
         f"the target is >= +{TARGET_GAIN:.0%} on every class and never below BM25.",
         "",
-        "| class | n | generator | BM25 | dense | hybrid | gain vs best | >= BM25 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| class | n | unknown | generator | BM25 | dense | hybrid | gain vs best | >= BM25 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in doc["rows"]:
         m = row["methods"]
@@ -83,7 +91,9 @@ def render(doc: dict[str, Any]) -> str:
         lex_ok = "yes" if "lexical" not in m or hyb >= m["lexical"]["ndcg@10"] else "no"
         cells = [_cell(m[k]) if k in m else "n/a" for k in METHODS]
         lines.append(
-            f"| {row['class']} | {row['n']} | " + " | ".join(cells) + f" | {gain:+.1%} | {lex_ok} |"
+            f"| {row['class']} | {row['n']} | {row['unknown_terms']} | "
+            + " | ".join(cells)
+            + f" | {gain:+.1%} | {lex_ok} |"
         )
     lines += ["", "<!-- hand-written notes below are kept when this file is regenerated -->"]
     return "\n".join(lines) + "\n"
@@ -100,19 +110,19 @@ def run(args: argparse.Namespace) -> int:
     noises = (CLEAN, *NOISE_KINDS)
     show = not args.no_progress
     if arts.has(FUSION_FILE):
-        weights = FusionWeights.from_dict(json.loads(arts.path(FUSION_FILE).read_text()))
+        policy = FusionPolicy.from_dict(json.loads(arts.path(FUSION_FILE).read_text()))
         fusion_source = f"chosen on validation by the artifact build, `{FUSION_FILE}`"
     else:
         valid = query_classes(
             data, "valid", kinds, noises, (False, True), args.valid_cases, args.seed, sources.encode
         )
-        weights, _ = choose_weights(run_classes(sources, valid, 20, show))
+        policy, _ = choose_weights(run_classes(sources, valid, 20, show))
         fusion_source = f"chosen now on {args.valid_cases} validation targets per kind"
     classes = query_classes(
         data, args.split, kinds, noises, (False, True), args.max_cases, args.seed, sources.encode
     )
     runs = run_classes(sources, classes, 20, show)
-    rows = score_classes(runs, weights)
+    rows = score_classes(runs, policy)
     command = "python -m models_export evaluate-hybrid " + " ".join(
         f"--{k.replace('_', '-')} {v}"
         for k, v in (
@@ -133,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         "queries_derived": True,
         "machine": f"{platform.machine()}, 2 CPU cores, no GPU, "
         f"CPython {platform.python_version()}",
-        "fusion": weights.to_dict(),
+        "fusion": policy.to_dict(),
         "fusion_source": fusion_source,
         "sources": sources.names,
         "rows": rows,

@@ -28,7 +28,7 @@ from services.retrieval.beam_search import NodeBonus
 from services.retrieval.catalog import Catalog
 from services.retrieval.config import RetrievalSettings
 from services.retrieval.covisit import CovisitPrior
-from services.retrieval.fusion import FusionWeights, fuse
+from services.retrieval.fusion import FusionPolicy, fuse
 from services.retrieval.lexical import LexicalIndex
 from services.retrieval.trie import SidTrie
 
@@ -159,7 +159,7 @@ class RetrievalEngine:
         prior: CovisitPrior | None = None,
         has_text: bool = True,
         lexical: LexicalIndex | None = None,
-        fusion: FusionWeights | None = None,
+        fusion: FusionPolicy | None = None,
     ) -> None:
         self.settings = settings
         self.version = version
@@ -172,7 +172,7 @@ class RetrievalEngine:
         self.embedder = embedder
         self.prior = prior
         self.lexical = lexical
-        self.fusion = fusion or FusionWeights()
+        self.fusion = fusion or FusionPolicy()
         self.has_text = has_text  # False: a log-only catalog, recommendation requests only
         self.cost = BeamCostModel()
         self._filter_tries: OrderedDict[tuple[str, ...], SidTrie] = OrderedDict()
@@ -374,7 +374,8 @@ class RetrievalEngine:
             ranked = {"generated": [row for row, _ in generated]} if prepared.decodes else {}
             for source, hits in (side or {}).items():
                 ranked[source] = [row for row, _ in hits]
-            for f in fuse(ranked, self.fusion, prepared.k):
+            known = self.lexical is None or self.lexical.all_terms_known(prepared.query)
+            for f in fuse(ranked, self.fusion.for_query(known), prepared.k):
                 picked.append(self._candidate(f.row, f.score, f.sources))
         else:
             for row, score in generated[: prepared.k]:

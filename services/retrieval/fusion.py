@@ -50,6 +50,42 @@ class FusionWeights:
         return cls(weights, float(k0))
 
 
+#: the two query conditions a policy tells apart
+KNOWN, UNKNOWN = "known", "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class FusionPolicy:
+    """Fusion weights per query condition: ``known`` when every query term is in the
+    catalog's vocabulary (the lexical index's), ``unknown`` when one is not (a typo, a
+    word the catalog never uses). The generator reads text through its own sub-word
+    vocabulary and is brittle to misspelt words, while BM25 still matches the other terms;
+    so the two conditions get their own weights, both chosen on validation."""
+
+    known: FusionWeights = field(default_factory=FusionWeights)
+    unknown: FusionWeights = field(default_factory=FusionWeights)
+
+    def for_query(self, all_terms_known: bool) -> FusionWeights:
+        return self.known if all_terms_known else self.unknown
+
+    def to_dict(self) -> dict[str, object]:
+        return {KNOWN: self.known.to_dict(), UNKNOWN: self.unknown.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> FusionPolicy:
+        """From ``{"known": {...}, "unknown": {...}}``, or one weight set for both."""
+        if KNOWN not in data:
+            single = FusionWeights.from_dict(data)
+            return cls(single, single)
+        parts = {}
+        for key in (KNOWN, UNKNOWN):
+            part = data.get(key)
+            if not isinstance(part, Mapping):
+                raise ValueError(f"fusion policy needs a '{key}' weight set")
+            parts[key] = FusionWeights.from_dict(part)
+        return cls(parts[KNOWN], parts[UNKNOWN])
+
+
 @dataclass(slots=True)
 class Fused:
     """One fused item: its row, RRF score and the sources that found it (best first)."""

@@ -99,16 +99,23 @@ class LexicalIndex:
             )
         return lexical
 
-    def query_tokens(self, text: str) -> list[str]:
-        """The query's tokens that the index knows (stemmed like the items)."""
-        toks = bm25s.tokenize(
+    def _tokens(self, text: str) -> list[str]:
+        toks: list[str] = bm25s.tokenize(
             [text],
             stopwords=self.config.stopwords,
             stemmer=self._stem,
             return_ids=False,
             show_progress=False,
         )[0]
-        return [t for t in toks if t in self._vocab]
+        return toks
+
+    def query_tokens(self, text: str) -> list[str]:
+        """The query's tokens that the index knows (stemmed like the items)."""
+        return [t for t in self._tokens(text) if t in self._vocab]
+
+    def all_terms_known(self, text: str) -> bool:
+        """Whether every (non-stop-word) term of ``text`` occurs in the indexed items."""
+        return all(t in self._vocab for t in self._tokens(text))
 
     def scores(self, text: str) -> np.ndarray:
         """BM25 score of every item (zeros when no query word is in the index)."""

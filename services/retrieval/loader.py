@@ -18,7 +18,7 @@ from services.retrieval.config import RetrievalSettings
 from services.retrieval.covisit import SETTINGS_FILE, TABLE_FILE, CovisitPrior
 from services.retrieval.encoding import CONFIG_FILE, EncodingConfig
 from services.retrieval.engine import DecodeJob, Prepared, RetrievalEngine
-from services.retrieval.fusion import FUSION_FILE, FusionWeights
+from services.retrieval.fusion import FUSION_FILE, FusionPolicy
 from services.retrieval.lexical import CONFIG_FILE as LEXICAL_CONFIG
 from services.retrieval.lexical import LexicalIndex
 from services.retrieval.onnx_generator import DECODER_NAME, ENCODER_NAME, OnnxSidGenerator
@@ -79,11 +79,11 @@ def _lexical(arts: ArtifactSet, n_items: int) -> LexicalIndex | None:
     return lexical
 
 
-def _fusion(arts: ArtifactSet) -> FusionWeights:
+def _fusion(arts: ArtifactSet) -> FusionPolicy:
     """The fusion weights the build chose on validation (RRF defaults when absent)."""
     if not arts.has(FUSION_FILE):
-        return FusionWeights()
-    return FusionWeights.from_dict(json.loads(arts.path(FUSION_FILE).read_text()))
+        return FusionPolicy()
+    return FusionPolicy.from_dict(json.loads(arts.path(FUSION_FILE).read_text()))
 
 
 def load_engine(settings: RetrievalSettings) -> RetrievalEngine:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from models_export.evaluation.hybrid import choose_weights, method_lists, weight_grid
 from models_export.noisy_queries import NOISE_KINDS, build_synonyms, noisy_variant
-from services.retrieval.fusion import FusionWeights, fuse
+from services.retrieval.fusion import FusionPolicy, FusionWeights, fuse
 from services.retrieval.lexical import LexicalConfig, LexicalIndex
 
 TEXTS = [
@@ -80,28 +80,37 @@ def test_fusion_weights_round_trip_and_refuse_bad_input() -> None:
         FusionWeights.from_dict({"weights": {}, "k0": -1})
 
 
-def test_weights_are_chosen_by_validation_score() -> None:
-    # lexical finds every target first; the generator never does: the choice must lean on
-    # lexical, and the hybrid then equals lexical on these cases.
-    from models_export.evaluation.hybrid import QueryClass
+def test_weights_are_chosen_by_validation_score_per_query_condition() -> None:
+    # Queries with every term known: the generator finds each target first, BM25 third.
+    # Queries with an unknown term: BM25 finds it first, the generator never does. Each
+    # condition must get the weights that serve it.
+    from models_export.evaluation.hybrid import ClassRun, QueryClass
     from models_export.evaluation.protocol import EvalCase, EvalQuery
 
-    targets = list(range(10))
+    targets = list(range(20))
     cases = [EvalCase(EvalQuery("u", "q", ()), t) for t in targets]
+    known = [t < 10 for t in targets]
+    pairs = list(zip(targets, known, strict=True))
     lists = {
-        "generated": [[(t + 1) % 10, (t + 2) % 10, t] for t in targets],
-        "lexical": [[t] for t in targets],
+        "generated": [[t] if k else [(t + 1) % 20, (t + 2) % 20] for t, k in pairs],
+        "lexical": [[(t + 1) % 20, (t + 2) % 20, t] if k else [t] for t, k in pairs],
     }
-    weights, grid = choose_weights([(QueryClass("category", "clean", False, cases), lists)])
+    run = ClassRun(QueryClass("category", "clean", False, cases), lists, known)
+    policy, grid = choose_weights([run])
     assert len(grid) == len(weight_grid(["generated", "lexical"]))
-    best = max(g["valid_ndcg@10"] for g in grid)
-    chosen = next(
-        g for g in grid if g["weights"] == dict(weights.weights) and g["k0"] == weights.k0
-    )
-    assert chosen["valid_ndcg@10"] == best == 1.0
-    assert min(g["valid_ndcg@10"] for g in grid) < 1.0  # the choice mattered
-    hybrid = method_lists(lists, weights, 10)["hybrid"]
-    assert [h[0] for h in hybrid] == targets
+    hybrid = method_lists(lists, policy, 10, known)["hybrid"]
+    assert [h[0] for h in hybrid] == targets  # every target first, in both conditions
+    assert policy.known.weight("lexical") < policy.unknown.weight("lexical")
+    assert min(g["valid_ndcg@10_unknown"] for g in grid) < 1.0  # the choice mattered
+
+
+def test_policy_round_trips_and_reads_a_single_weight_set() -> None:
+    policy = FusionPolicy(FusionWeights({"generated": 2.0}, 5), FusionWeights({"lexical": 1.0}))
+    assert FusionPolicy.from_dict(policy.to_dict()) == policy
+    single = FusionWeights({"generated": 1.0, "lexical": 4.0}, k0=20)
+    assert FusionPolicy.from_dict(single.to_dict()) == FusionPolicy(single, single)
+    with pytest.raises(ValueError, match="unknown"):
+        FusionPolicy.from_dict({"known": single.to_dict()})
 
 
 # --------------------------------------------------------------------------- BM25
@@ -113,6 +122,7 @@ def test_stemming_matches_plurals_and_ranks_the_closest_text() -> None:
     assert [r for r, _ in hits][:1] == [0]
     assert {r for r, _ in hits} == {0, 2, 3}  # every text with a query word, nothing else
     assert all(s > 0 for _, s in hits)
+    assert index.all_terms_known("the digital calipers") and not index.all_terms_known("calipr")
     no_stem = LexicalIndex.build(TEXTS, LexicalConfig(stemmer=None))
     assert {r for r, _ in no_stem.search("caliper", 5)} == {2}  # "Calipers" is missed
 
