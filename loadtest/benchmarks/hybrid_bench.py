@@ -130,7 +130,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(text)
+    md = args.out.with_suffix(".md")
+    marker = "<!-- hand-written notes below are kept when this file is regenerated -->"
+    old = md.read_text() if md.is_file() else ""
+    notes = old.split(marker, 1)[1] if marker in old else "\n"
+    md.write_text(text + "\n" + marker + notes)
     return 0
 
 
