@@ -12,15 +12,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from models_export.evaluation.data import QUERY_KINDS, load_from_dir
+from models_export.evaluation.data import load_from_dir
 from models_export.evaluation.hybrid import (
     CLEAN,
     NOISE_KINDS,
     SELECTION_METRIC,
-    choose_weights,
+    choose_on_validation,
     open_sources,
-    query_classes,
-    run_classes,
 )
 from services.retrieval.fusion import FUSION_FILE, KNOWN, UNKNOWN
 from services.retrieval.lexical import LEXICAL_DIR, LexicalConfig, LexicalIndex, item_text
@@ -60,19 +58,9 @@ def step_fusion(ctx: BuildContext) -> str:
     plan: dict[str, Any] = QUICK if ctx.quick else FULL
     data = load_from_dir(ctx.version_dir, with_embeddings=False)
     sources = open_sources(ctx.version_dir)
-    kinds = [k for k in QUERY_KINDS if k in data.query_kinds()]
-    classes = query_classes(
-        data,
-        "valid",
-        kinds,
-        plan["noises"],
-        plan["histories"],
-        plan["max_cases"],
-        SEED,
-        sources.encode,
+    policy, grid, runs = choose_on_validation(
+        data, sources, plan["noises"], plan["histories"], plan["max_cases"], SEED
     )
-    runs = run_classes(sources, classes, depth=20)
-    policy, grid = choose_weights(runs)
     best = {
         cond: max((row.get(f"valid_{SELECTION_METRIC}_{cond}", 0.0) for row in grid), default=0.0)
         for cond in (KNOWN, UNKNOWN)
@@ -81,8 +69,8 @@ def step_fusion(ctx: BuildContext) -> str:
         **policy.to_dict(),
         "chosen_on": "valid split, derived queries (clean and noisy), per query condition "
         f"(every term in the catalog vocabulary or not): mean {SELECTION_METRIC} over "
-        f"{len(classes)} classes of up to {plan['max_cases']} cases",
-        "classes": [qc.name for qc in classes],
+        f"{len(runs)} classes of up to {plan['max_cases']} cases",
+        "classes": [r.qc.name for r in runs],
         "cases_with_unknown_terms": sum(not k for r in runs for k in r.known),
         "grid": grid,
     }

@@ -16,7 +16,6 @@ reads history; BM25 and dense search do not).
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from models_export.evaluation.data import EvalData
+from models_export.evaluation.data import QUERY_KINDS, EvalData
 from models_export.evaluation.metrics import all_metrics, target_ranks
 from models_export.evaluation.protocol import EvalCase, EvalQuery
 from models_export.noisy_queries import (
@@ -35,9 +34,10 @@ from models_export.noisy_queries import (
     noisy_variant,
 )
 from services.retrieval.ann import AnnIndex
+from services.retrieval.config import RetrievalSettings
 from services.retrieval.fusion import KNOWN, SOURCES, UNKNOWN, FusionPolicy, FusionWeights, fuse
 from services.retrieval.lexical import CONFIG_FILE as LEXICAL_CONFIG
-from services.retrieval.lexical import LexicalConfig, LexicalIndex, item_text
+from services.retrieval.lexical import LexicalIndex
 
 CLEAN = "clean"
 SELECTION_METRIC = "ndcg@10"
@@ -45,6 +45,9 @@ SELECTION_METRIC = "ndcg@10"
 LEXICAL_GRID: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 DENSE_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
 K0_GRID: tuple[float, ...] = (5.0, 20.0, 60.0)
+
+#: what each source hands to the fusion in the service (``RetrievalSettings.fusion_depth``)
+SERVED_DEPTH: int = RetrievalSettings.model_fields["fusion_depth"].default
 
 Encode = Callable[[Sequence[str]], np.ndarray]
 RankFn = Callable[[Sequence[EvalQuery], int], list[list[int]]]
@@ -269,9 +272,8 @@ def open_sources(version_dir: Path, threads: int = 2, beam_width: int = 20) -> H
     from models_export.generator.retriever import open_onnx_retriever
     from services.common.text_encoder import TextEncoder
 
-    data_dir = version_dir
     generator: RankFn | None = None
-    codes_path = data_dir / "generator" / "sid_codes.npy"
+    codes_path = version_dir / "generator" / "sid_codes.npy"
     if codes_path.is_file():
         codes = np.load(codes_path, allow_pickle=False).astype(np.int64)
         gen = open_onnx_retriever(version_dir, codes, beam_width=beam_width, threads=threads)
@@ -289,18 +291,6 @@ def open_sources(version_dir: Path, threads: int = 2, beam_width: int = 20) -> H
     return HybridSources(generator, lexical, ann, encode)
 
 
-def build_lexical(data: EvalData, config: LexicalConfig | None = None) -> LexicalIndex:
-    """The served BM25 index built from the evaluation tables."""
-    cfg = config or LexicalConfig()
-    texts = [
-        item_text(
-            data.titles[i], data.brands[i], data.categories[i], data.descriptions[i], cfg.fields
-        )
-        for i in range(data.num_items)
-    ]
-    return LexicalIndex.build(texts, cfg)
-
-
 def run_classes(
     sources: HybridSources,
     classes: Sequence[QueryClass],
@@ -312,6 +302,25 @@ def run_classes(
     for qc in tqdm(classes, desc="hybrid sources", unit="class", disable=not show_progress):
         out.append(ClassRun(qc, sources.lists(qc.cases, depth), sources.known(qc.cases)))
     return out
+
+
+def choose_on_validation(
+    data: EvalData,
+    sources: HybridSources,
+    noises: Sequence[str],
+    histories: Sequence[bool],
+    max_cases: int | None,
+    seed: int,
+    show_progress: bool = True,
+) -> tuple[FusionPolicy, list[dict[str, Any]], list[ClassRun]]:
+    """The fusion policy chosen on the VALIDATION split's classes (and the grid, the runs)."""
+    kinds = [k for k in QUERY_KINDS if k in data.query_kinds()]
+    classes = query_classes(
+        data, "valid", kinds, noises, histories, max_cases, seed, sources.encode
+    )
+    runs = run_classes(sources, classes, SERVED_DEPTH, show_progress)
+    policy, grid = choose_weights(runs)
+    return policy, grid, runs
 
 
 def score_classes(runs: Sequence[ClassRun], policy: FusionPolicy) -> list[dict[str, Any]]:
@@ -335,18 +344,12 @@ def score_classes(runs: Sequence[ClassRun], policy: FusionPolicy) -> list[dict[s
     return rows
 
 
-def write_json(path: Path, doc: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-
-
 __all__ = [
     "CLEAN",
     "NOISE_KINDS",
     "ClassRun",
     "HybridSources",
     "QueryClass",
-    "build_lexical",
     "choose_weights",
     "method_lists",
     "open_sources",

@@ -20,7 +20,8 @@ from models_export.evaluation.harness import DERIVED_NOTE
 from models_export.evaluation.hybrid import (
     CLEAN,
     NOISE_KINDS,
-    choose_weights,
+    SERVED_DEPTH,
+    choose_on_validation,
     open_sources,
     query_classes,
     run_classes,
@@ -113,15 +114,14 @@ def run(args: argparse.Namespace) -> int:
         policy = FusionPolicy.from_dict(json.loads(arts.path(FUSION_FILE).read_text()))
         fusion_source = f"chosen on validation by the artifact build, `{FUSION_FILE}`"
     else:
-        valid = query_classes(
-            data, "valid", kinds, noises, (False, True), args.valid_cases, args.seed, sources.encode
+        policy, _, _ = choose_on_validation(
+            data, sources, noises, (False, True), args.valid_cases, args.seed, show
         )
-        policy, _ = choose_weights(run_classes(sources, valid, 20, show))
         fusion_source = f"chosen now on {args.valid_cases} validation targets per kind"
     classes = query_classes(
         data, args.split, kinds, noises, (False, True), args.max_cases, args.seed, sources.encode
     )
-    runs = run_classes(sources, classes, 20, show)
+    runs = run_classes(sources, classes, SERVED_DEPTH, show)
     rows = score_classes(runs, policy)
     command = "python -m models_export evaluate-hybrid " + " ".join(
         f"--{k.replace('_', '-')} {v}"

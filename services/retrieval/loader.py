@@ -17,7 +17,7 @@ from services.retrieval.catalog import Catalog
 from services.retrieval.config import RetrievalSettings
 from services.retrieval.covisit import SETTINGS_FILE, TABLE_FILE, CovisitPrior
 from services.retrieval.encoding import CONFIG_FILE, EncodingConfig
-from services.retrieval.engine import DecodeJob, Prepared, RetrievalEngine
+from services.retrieval.engine import SIDE_SOURCES, DecodeJob, Prepared, RetrievalEngine
 from services.retrieval.fusion import FUSION_FILE, FusionPolicy
 from services.retrieval.lexical import CONFIG_FILE as LEXICAL_CONFIG
 from services.retrieval.lexical import LexicalIndex
@@ -164,8 +164,19 @@ def warm_up(engine: RetrievalEngine) -> None:
     engine.generator.decode([excluding, filtered])
     if engine.embedder is not None:
         engine.embedder.encode(["warm up"])
-    probe = Prepared("warm up query", history, 10, 4, set(), None, (), None, False)
-    for source in ("lexical", "dense"):
-        if source in engine.plan_sources(probe.query, False):
+    probe = Prepared(
+        query="warm up query",
+        history_rows=history,
+        k=10,
+        beam_width=4,
+        exclude=set(),
+        allowed_rows=None,
+        filter_key=(),
+        query_embedding=None,
+        ann_fill=False,
+        sources=engine.plan_sources("warm up query", has_embedding=False),
+    )
+    for source in SIDE_SOURCES:
+        if source in probe.sources:
             engine.source_candidates(probe, source)
     engine.cost.calibrate(timings[0], timings[1])
