@@ -1,4 +1,5 @@
-"""Start the local stack (retrieval + gateway as real processes) for tests and benchmarks."""
+"""Start the local stack (retrieval, query understanding and the gateway as real processes)
+for tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -83,6 +84,7 @@ class Stack:
     retrieval_proc: subprocess.Popen[bytes]
     gateway_proc: subprocess.Popen[bytes]
     logs: Path
+    query_understanding: ServiceProcess | None = None
 
     def request(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
@@ -125,9 +127,14 @@ def start_stack(
     redis_url: str = "",
     gateway_env: Mapping[str, str] | None = None,
     retrieval_env: Mapping[str, str] | None = None,
+    query_understanding: bool | None = None,
     ready_timeout: float = 180.0,
 ) -> Stack:
-    """Start retrieval and gateway; return once the gateway's ``/readyz`` is 200."""
+    """Start retrieval, query understanding (``None``: when the artifact has its models)
+    and the gateway; return once the gateway's ``/readyz`` is 200 and query understanding
+    is SERVING."""
+    if query_understanding is None:
+        query_understanding = has_query_understanding(artifact_root)
     rport, gport = free_port(), free_port()
     common = {"GENSEARCH_ARTIFACT_DIR": str(artifact_root)}
     retrieval = stack.enter_context(
@@ -143,6 +150,7 @@ def start_stack(
             logs / "retrieval.log",
         )
     )
+    qu = start_service(stack, QU, artifact_root, logs, wait=False) if query_understanding else None
     gateway = stack.enter_context(
         running_process(
             ["-m", "services.gateway"],
@@ -150,6 +158,7 @@ def start_stack(
                 **common,
                 "GENSEARCH_GATEWAY_PORT": str(gport),
                 "GENSEARCH_GATEWAY_RETRIEVAL_ADDR": f"127.0.0.1:{rport}",
+                "GENSEARCH_GATEWAY_QUERY_UNDERSTANDING_ADDR": f"127.0.0.1:{qu.port}" if qu else "",
                 "GENSEARCH_GATEWAY_REDIS_URL": redis_url,
                 "GENSEARCH_GATEWAY_REDIS_KEY_PREFIX": f"gs{gport}",
                 "GENSEARCH_GATEWAY_BREAKER_RESET_SECONDS": "0.5",
@@ -158,12 +167,17 @@ def start_stack(
             logs / "gateway.log",
         )
     )
-    s = Stack(f"http://127.0.0.1:{gport}", rport, retrieval, gateway, logs)
+    s = Stack(f"http://127.0.0.1:{gport}", rport, retrieval, gateway, logs, qu)
+    procs = [(retrieval, "retrieval"), (gateway, "gateway")]
+    if qu is not None:
+        procs.append((qu.proc, qu.name))
 
     def ready() -> bool:
-        for proc, name in ((retrieval, "retrieval"), (gateway, "gateway")):
+        for proc, name in procs:
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited early; see {logs / (name + '.log')}")
+        if qu is not None and health(qu.port) != "SERVING":
+            return False
         try:
             return s.request("GET", "/readyz")[0] == 200
         except OSError:
@@ -173,34 +187,59 @@ def start_stack(
     return s
 
 
-@dataclass
-class RetrievalProcess:
-    """A running retrieval service."""
+def has_query_understanding(artifact_root: Path) -> bool:
+    """Whether the CURRENT version under ``artifact_root`` has query-understanding models."""
+    from services.common.artifacts import ArtifactRepository
+    from services.query_understanding.lexicon import LEXICON_FILE
 
+    return ArtifactRepository(artifact_root).open().has(LEXICON_FILE)
+
+
+@dataclass(frozen=True)
+class ServiceKind:
+    """How to start one gRPC service: its module, name and settings' env prefix."""
+
+    module: str
+    name: str
+    env_prefix: str
+
+
+RETRIEVAL = ServiceKind("services.retrieval", "retrieval", "GENSEARCH_RETRIEVAL_")
+QU = ServiceKind("services.query_understanding", "query_understanding", "GENSEARCH_QU_")
+
+
+@dataclass
+class ServiceProcess:
+    """A running gRPC service."""
+
+    name: str
     port: int
     metrics_port: int
     proc: subprocess.Popen[bytes]
     log: Path
 
 
-def start_retrieval(
+def start_service(
     stack: ExitStack,
+    kind: ServiceKind,
     artifact_root: Path,
     logs: Path,
     env: Mapping[str, str] | None = None,
     ready_timeout: float = 180.0,
-) -> RetrievalProcess:
-    """Start ``python -m services.retrieval`` alone; return once its health is SERVING."""
+    wait: bool = True,
+) -> ServiceProcess:
+    """Start ``python -m <kind.module>``; return once its health is SERVING (``wait``)."""
     port, metrics_port = free_port(), free_port()
-    log = logs / "retrieval.log"
+    log = logs / f"{kind.name}.log"
+    p = kind.env_prefix
     proc = stack.enter_context(
         running_process(
-            ["-m", "services.retrieval"],
+            ["-m", kind.module],
             {
                 "GENSEARCH_ARTIFACT_DIR": str(artifact_root),
-                "GENSEARCH_RETRIEVAL_PORT": str(port),
-                "GENSEARCH_RETRIEVAL_METRICS_PORT": str(metrics_port),
-                "GENSEARCH_RETRIEVAL_GRACE_SECONDS": "1",
+                f"{p}PORT": str(port),
+                f"{p}METRICS_PORT": str(metrics_port),
+                f"{p}GRACE_SECONDS": "1",
                 **(env or {}),
             },
             log,
@@ -209,8 +248,20 @@ def start_retrieval(
 
     def serving() -> bool:
         if proc.poll() is not None:
-            raise RuntimeError(f"retrieval exited early; see {log}")
+            raise RuntimeError(f"{kind.name} exited early; see {log}")
         return health(port) == "SERVING"
 
-    wait_for(serving, ready_timeout, "retrieval SERVING")
-    return RetrievalProcess(port, metrics_port, proc, log)
+    if wait:
+        wait_for(serving, ready_timeout, f"{kind.name} SERVING")
+    return ServiceProcess(kind.name, port, metrics_port, proc, log)
+
+
+def start_retrieval(
+    stack: ExitStack,
+    artifact_root: Path,
+    logs: Path,
+    env: Mapping[str, str] | None = None,
+    ready_timeout: float = 180.0,
+) -> ServiceProcess:
+    """Start ``python -m services.retrieval`` alone; return once its health is SERVING."""
+    return start_service(stack, RETRIEVAL, artifact_root, logs, env, ready_timeout)

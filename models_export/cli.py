@@ -33,6 +33,13 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
         "models_export.evaluation.hybrid_cli",
         "generator, BM25, dense and their fusion on clean and noisy derived queries",
     ),
+    ("report-intent", "models_export.query_intent", "the intent head's held-out accuracy (doc)"),
+    (
+        "keyword-ablation",
+        "models_export.keyword_ablation",
+        "generator with vs without query-understanding keywords (same budget)",
+    ),
+    ("evaluate-spelling", "models_export.spelling_eval", "spelling correction on typo'd queries"),
 ]
 
 

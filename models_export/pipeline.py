@@ -58,6 +58,7 @@ STEPS: list[tuple[str, str]] = [
     ("trie", "models_export.pipeline:step_trie"),
     ("lexical", "models_export.hybrid_step:step_lexical"),
     ("text_encoder", "models_export.export_text_encoder:step_text_encoder"),
+    ("query_understanding", "models_export.query_understanding_step:step_query_understanding"),
     ("generator", "models_export.generator.pipeline_step:step_generator"),
     ("fusion", "models_export.hybrid_step:step_fusion"),
     ("eval_baselines", "models_export.evaluation.pipeline_step:step_eval_baselines"),

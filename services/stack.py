@@ -34,7 +34,12 @@ DEFAULTS = {
     "GENSEARCH_RETRIEVAL_METRICS_PORT": "9101",
     "GENSEARCH_GATEWAY_PORT": "8000",
     "GENSEARCH_GATEWAY_RETRIEVAL_ADDR": "127.0.0.1:50051",
+    "GENSEARCH_QU_PORT": "50052",
+    "GENSEARCH_QU_METRICS_PORT": "9102",
 }
+#: how long a ready gateway waits for its optional stages before the demo search
+OPTIONAL_STAGE_GRACE_S = 60.0
+QU_ADDR_ENV = "GENSEARCH_GATEWAY_QUERY_UNDERSTANDING_ADDR"
 
 
 def ensure_artifacts(full: bool) -> str:
@@ -69,6 +74,15 @@ def has_text(version: str) -> bool:
     return bool(config.get("has_text", True))
 
 
+def processes(version: str) -> list[str]:
+    """The Procfile entries to start: query understanding only when ``version`` has its
+    models (a catalog without item text has no queries to understand)."""
+    from services.query_understanding.lexicon import LEXICON_FILE
+
+    arts = ArtifactRepository(artifact_root()).open(version)
+    return ["retrieval", *(["query_understanding"] if arts.has(LEXICON_FILE) else []), "gateway"]
+
+
 def _get(url: str, timeout: float = 2.0) -> tuple[int, dict[str, object]]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as reply:
@@ -83,14 +97,25 @@ def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float) -> None
     """Poll ``/readyz`` and show its reason until the gateway is ready."""
     end = time.monotonic() + timeout
     last = ""
+    ready_since = 0.0
     while time.monotonic() < end:
         if proc.poll() is not None:
             raise SystemExit(f"[stack] a service exited early (honcho status {proc.returncode})")
         status, body = _get(f"{base}/readyz")
         reason = str(body.get("reason", ""))
-        if status == 200:
+        stages = body.get("optional_stages")
+        waiting = (
+            [n for n, s in stages.items() if s != "SERVING"] if isinstance(stages, dict) else []
+        )
+        if status == 200 and not waiting:
             print(f"[stack] ready: {reason}")
             return
+        if status == 200:  # searches would be answered, degraded: give the stages a moment
+            ready_since = ready_since or time.monotonic()
+            if time.monotonic() - ready_since > OPTIONAL_STAGE_GRACE_S:
+                print(f"[stack] ready without {', '.join(waiting)} (answers say degraded)")
+                return
+            reason = f"{reason}; waiting for {', '.join(waiting)}"
         if reason != last:
             print(f"[stack] waiting for readiness: {reason or 'gateway starting'}")
             last = reason
@@ -128,11 +153,18 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     version = ensure_artifacts(args.full)
     env = {**DEFAULTS, **os.environ, "PYTHONUNBUFFERED": "1"}
+    names = processes(version)
+    if "query_understanding" in names:
+        env.setdefault(QU_ADDR_ENV, f"127.0.0.1:{env['GENSEARCH_QU_PORT']}")
     # The Procfile says ``python``: make it this interpreter (the project's venv).
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     base = f"http://127.0.0.1:{env['GENSEARCH_GATEWAY_PORT']}"
-    print(f"[stack] starting services from {PROCFILE.relative_to(ROOT)} on artifact {version}")
+    print(
+        f"[stack] starting {', '.join(names)} from {PROCFILE.relative_to(ROOT)} "
+        f"on artifact {version}"
+    )
     honcho = [sys.executable, "-m", "honcho", "-f", str(PROCFILE), "-d", str(ROOT), "start"]
+    honcho += names
     proc = subprocess.Popen(honcho, cwd=ROOT, env=env, start_new_session=True)
     try:
         wait_ready(base, proc, args.ready_timeout)

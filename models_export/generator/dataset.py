@@ -17,7 +17,7 @@ have no text gives recommendation examples only.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,14 @@ class TrainingData:
     train_histories: list[npt.NDArray[np.int64]]
     valid_targets: npt.NDArray[np.int64]
     test_targets: npt.NDArray[np.int64]
+    # KHQE-style keyword augmentation: text -> the query-understanding keywords of that text,
+    # appended to it wherever the model reads it (empty: no augmentation)
+    keywords: dict[str, str] = field(default_factory=dict)
+
+    def text(self, query: str) -> str:
+        """``query`` as the model reads it: with its keywords when augmentation is on."""
+        extra = self.keywords.get(query)
+        return f"{query} {extra}" if extra else query
 
     @property
     def num_items(self) -> int:
@@ -145,7 +153,8 @@ class Examples:
 
 def _query_for(data: TrainingData, item: int, use_title: bool) -> str | None:
     title, category = data.title_queries[item], data.category_queries[item]
-    return (title or category) if use_title else (category or title)
+    query = (title or category) if use_title else (category or title)
+    return data.text(query) if query else None
 
 
 def augment_history(
@@ -198,7 +207,7 @@ def sample_epoch(data: TrainingData, mix: MixSettings, rng: np.random.Generator)
             for item, title in enumerate(data.item_texts):
                 for doc in (title, data.category_queries[item]):
                     if doc:
-                        qs.append(doc)
+                        qs.append(data.text(doc))
                         hists.append(empty)
                         targets.append(item)
     return Examples(qs, hists, np.asarray(targets, dtype=np.int64))

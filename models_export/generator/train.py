@@ -117,7 +117,7 @@ def validation_queries(
             query = data.category_queries[int(data.valid_targets[u])]
             if query:
                 hist = tuple(data.train_histories[u].tolist())
-                search.append(EvalQuery(data.user_ids[u], query, hist))
+                search.append(EvalQuery(data.user_ids[u], data.text(query), hist))
                 search_t.append(int(data.valid_targets[u]))
         out["search+history"] = (search, search_t)
     return out
@@ -170,6 +170,7 @@ def train(
         n_words=tokenizer.get_vocab_size(),
         max_query_tokens=settings.max_query_tokens,
         max_history=settings.mix.max_history,
+        keywords=bool(data.keywords),
     )
     encoder = InputEncoder(config, tokenizer, data.codes)
     layout = encoder.layout

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
+
+#: where every artifact keeps the query/text encoder (``models_export.export_text_encoder``)
+TEXT_ENCODER_MODEL = "models/text_encoder/1/model.onnx"
+TEXT_ENCODER_TOKENIZER = "models/text_encoder/tokenizer.json"
 
 
 class TextEncoder:
@@ -30,6 +34,19 @@ class TextEncoder:
         self.tokenizer.enable_truncation(max_length)
         self.tokenizer.enable_padding()
         self.dim = int(self.session.get_outputs()[0].shape[-1])
+
+    @classmethod
+    def load(
+        cls, resolve: Callable[[str], Path], intra_op_threads: int = 1, max_length: int = 128
+    ) -> TextEncoder:
+        """The artifact's encoder, opened through ``resolve`` (``ArtifactSet.path`` checks
+        each sha256)."""
+        return cls(
+            resolve(TEXT_ENCODER_MODEL),
+            resolve(TEXT_ENCODER_TOKENIZER),
+            intra_op_threads=intra_op_threads,
+            max_length=max_length,
+        )
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Float32 [len(texts), dim] unit vectors."""

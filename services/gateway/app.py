@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import orjson
@@ -100,6 +100,9 @@ class ObserveMiddleware:
 class Readiness:
     ready: bool = False
     reason: str = "starting"
+    # health of each configured optional stage; not needed for readiness (a search
+    # degrades without them), shown so that operators and the local stack can see them
+    stages: dict[str, str] = field(default_factory=dict)
 
 
 def _downstream(
@@ -202,6 +205,9 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
             # The in-process store's features live as long as the process: keep the
             # cyclic garbage collector from scanning them again on every full collection.
             gc.freeze()
+        readiness.stages = {
+            d.stage: await d.health() for d in (service.qu, service.ranking) if d is not None
+        }
         readiness.ready, readiness.reason = True, f"serving {version}"
 
     async def watch_readiness() -> None:
@@ -335,7 +341,12 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
     @app.get("/readyz", summary="Readiness", responses={503: {"model": ErrorResponse}})
     async def readyz() -> JSONResponse:
         version = holder["c"].service.version if "c" in holder else ""
-        body = {"ready": readiness.ready, "reason": readiness.reason, "version": version}
+        body = {
+            "ready": readiness.ready,
+            "reason": readiness.reason,
+            "version": version,
+            "optional_stages": readiness.stages,
+        }
         return JSONResponse(body, status_code=200 if readiness.ready else 503)
 
     @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)

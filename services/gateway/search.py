@@ -232,6 +232,8 @@ class SearchService:
             try:
                 reply = await self.qu.call("Understand", request, deadline.sub_budget(0.25))
             except StageFailedError as exc:
+                if exc.invalid:  # e.g. binary text: the query itself is unusable
+                    raise SearchRejectedError(exc.reason) from exc
                 trace.degrade("query_understanding", exc.reason)
                 return None
         await self.store.cache_set(

@@ -110,6 +110,9 @@ class EncodingConfig:
     n_words: int
     max_query_tokens: int = 24
     max_history: int = 20
+    # Trained with query-understanding keywords appended to the query text (KHQE-style);
+    # serving appends them only then.
+    keywords: bool = False
 
     @property
     def layout(self) -> TokenLayout:
@@ -132,6 +135,7 @@ class EncodingConfig:
             n_words=int(data["n_words"]),
             max_query_tokens=int(data.get("max_query_tokens", 24)),
             max_history=int(data.get("max_history", 20)),
+            keywords=bool(data.get("keywords", False)),
         )
 
 

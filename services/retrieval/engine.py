@@ -90,6 +90,8 @@ class Prepared:
     filter_key: tuple[str, ...]
     query_embedding: np.ndarray | None
     ann_fill: bool
+    # The generator's input text: the query, plus the keywords when it was trained with them
+    generator_query: str = ""
     # Hybrid candidate sources for this request (empty: the generator alone, as for a
     # history-only request); "generated" among them means the decoder runs.
     sources: tuple[str, ...] = ()
@@ -160,8 +162,10 @@ class RetrievalEngine:
         has_text: bool = True,
         lexical: LexicalIndex | None = None,
         fusion: FusionPolicy | None = None,
+        keyword_input: bool = False,
     ) -> None:
         self.settings = settings
+        self.keyword_input = keyword_input  # the generator was trained with QU keywords
         self.version = version
         self.manifest_sha256 = manifest_sha256
         self.model_names = list(model_names)
@@ -212,9 +216,10 @@ class RetrievalEngine:
                 raise InvalidInputError(
                     f"query_embedding must have {self.ann.dim} values, got {embedding.shape[0]}"
                 )
-        if req.keywords:
+        generator_query = query
+        if req.keywords and self.keyword_input and query:
             extra = " ".join(normalize_query(k) for k in req.keywords if k.strip())
-            query = f"{query} {extra}".strip()[: 2 * MAX_QUERY_CHARS]
+            generator_query = f"{query} {extra}".strip()[: 2 * MAX_QUERY_CHARS]
 
         recent = list(req.user.recent_item_ids)[-s.history_len :] if s.history_len else []
         history, _unknown = self.catalog.rows(recent)
@@ -235,6 +240,7 @@ class RetrievalEngine:
             filter_key=prefixes,
             query_embedding=embedding,
             ann_fill=s.ann_fill and not req.disable_ann_fill,
+            generator_query=generator_query,
             sources=self.plan_sources(query, embedding is not None),
         )
         if beam < requested:
@@ -319,7 +325,7 @@ class RetrievalEngine:
         a history-only request gets the co-visitation prior fused in."""
         trie = self.trie_for(prepared)
         return DecodeJob(
-            query=prepared.query,
+            query=prepared.generator_query or prepared.query,
             history_rows=prepared.history_rows,
             trie=trie,
             beam_width=prepared.beam_width,

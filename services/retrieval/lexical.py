@@ -20,6 +20,7 @@ import bm25s
 import numpy as np
 
 from services.common.errors import ArtifactIntegrityError
+from services.common.text import normalize_query
 
 LEXICAL_DIR = "lexical"
 CONFIG_FILE = f"{LEXICAL_DIR}/config.json"
@@ -36,6 +37,9 @@ class LexicalConfig:
     stopwords: str = "en"
     k1: float = 1.5
     b: float = 0.75
+    # item text through the query normaliser, so that sizes and units written several
+    # ways ("1/2-Inch", "12V") index as the served query spells them ("0.5 in", "12 v")
+    normalize: bool = True
 
 
 def _stemmer(language: str | None) -> Callable[[list[str]], list[str]] | None:
@@ -65,8 +69,9 @@ class LexicalIndex:
     def build(cls, texts: Sequence[str], config: LexicalConfig | None = None) -> LexicalIndex:
         """Index ``texts`` (one per item)."""
         cfg = config or LexicalConfig()
+        docs = [normalize_query(t) for t in texts] if cfg.normalize else list(texts)
         tokens = bm25s.tokenize(
-            list(texts), stopwords=cfg.stopwords, stemmer=_stemmer(cfg.stemmer), show_progress=False
+            docs, stopwords=cfg.stopwords, stemmer=_stemmer(cfg.stemmer), show_progress=False
         )
         index = bm25s.BM25(k1=cfg.k1, b=cfg.b)
         index.index(tokens, show_progress=False)
@@ -87,6 +92,7 @@ class LexicalIndex:
         doc = json.loads(resolve(CONFIG_FILE).read_text())
         raw = dict(doc["config"])
         raw["fields"] = tuple(raw["fields"])
+        raw.setdefault("normalize", False)  # indexes built before the option were raw
         config = LexicalConfig(**raw)
         paths = [resolve(f"{LEXICAL_DIR}/{name}") for name in doc["files"]]
         directory = paths[0].parent if paths else resolve(CONFIG_FILE).parent

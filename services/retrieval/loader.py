@@ -11,7 +11,7 @@ import numpy as np
 
 from services.common.artifacts import ArtifactRepository, ArtifactSet
 from services.common.errors import ArtifactIntegrityError
-from services.common.text_encoder import TextEncoder
+from services.common.text_encoder import TEXT_ENCODER_MODEL, TextEncoder
 from services.retrieval.ann import AnnIndex
 from services.retrieval.catalog import Catalog
 from services.retrieval.config import RetrievalSettings
@@ -29,8 +29,6 @@ log = logging.getLogger(__name__)
 GENERATOR_CODES = "generator/sid_codes.npy"
 SID_CODES = "sids/codes.npy"
 SID_TRIE = "sids/trie.npz"
-TEXT_ENCODER = "models/text_encoder/1/model.onnx"
-TEXT_TOKENIZER = "models/text_encoder/tokenizer.json"
 
 
 def _codes_and_trie(
@@ -91,7 +89,8 @@ def load_engine(settings: RetrievalSettings) -> RetrievalEngine:
     start = time.perf_counter()
     arts = ArtifactRepository(settings.artifact_dir).open(settings.artifact_version or None)
     encoding_cfg = arts.path(f"generator/{CONFIG_FILE}")
-    sizes = EncodingConfig.from_json(encoding_cfg.read_text()).codebook_sizes
+    encoding = EncodingConfig.from_json(encoding_cfg.read_text())
+    sizes = encoding.codebook_sizes
     codes, trie = _codes_and_trie(arts, tuple(sizes))
     generator = OnnxSidGenerator.from_artifact(
         arts.path,
@@ -103,10 +102,8 @@ def load_engine(settings: RetrievalSettings) -> RetrievalEngine:
     catalog = Catalog.load(arts, codes)
     ann = AnnIndex(np.load(arts.path("embeddings/items.npy"), allow_pickle=False))
     embedder = None
-    if arts.has(TEXT_ENCODER):
-        embedder = TextEncoder(
-            arts.path(TEXT_ENCODER), arts.path(TEXT_TOKENIZER), settings.intra_op_threads
-        )
+    if arts.has(TEXT_ENCODER_MODEL):
+        embedder = TextEncoder.load(arts.path, settings.intra_op_threads)
     prior = _prior(arts, settings, len(catalog))
     lexical = _lexical(arts, len(catalog))
     engine = RetrievalEngine(
@@ -127,6 +124,7 @@ def load_engine(settings: RetrievalSettings) -> RetrievalEngine:
         prior=prior,
         lexical=lexical,
         fusion=_fusion(arts),
+        keyword_input=encoding.keywords,
         has_text=bool(arts.manifest.config.get("has_text", True)),
     )
     warm_up(engine)

@@ -27,7 +27,7 @@ from services.gateway.store import InMemoryStore
 from services.retrieval.config import RetrievalSettings
 from services.retrieval.engine import NO_TEXT_MESSAGE, RetrievalEngine
 from services.retrieval.loader import load_engine
-from tests.synthetic_catalog import TINY, fake_encode, make_log, write_dataset
+from tests.synthetic_catalog import TINY, fake_encode, make_items, make_log, write_dataset
 
 DATASET = "toyshop/Toys"
 # Everything a served artifact needs; the baselines' evaluation is tested by its owner.
@@ -255,3 +255,40 @@ async def test_gateway_turns_a_refused_query_into_a_client_error() -> None:
         assert rejected.value.status == 400 and rejected.value.reason == NO_TEXT_MESSAGE
     finally:
         await retrieval.close()
+
+
+def test_query_understanding_is_built_from_the_catalog_in_hand(tmp_path: Path) -> None:
+    """Lexicon, spelling and the intent head come from the toy catalog, not fixed lists."""
+    from models_export.ingest import Item
+    from models_export.query_intent import IntentConfig, build_intent
+    from services.query_understanding.intent import IntentClassifier, category_label
+    from services.query_understanding.lexicon import mine_lexicon
+    from services.query_understanding.spelling import SpellCorrector
+
+    raw = make_items()
+    items = [
+        Item(i, d["title"], d["brand"], d["description"], d["categories"].split(","))
+        for i, d in raw.items()
+    ]
+    lexicon = mine_lexicon(
+        [i.title for i in items],
+        [i.brand for i in items],
+        [i.categories for i in items],
+        [i.description for i in items],
+    )
+    word = max(
+        (w for w in lexicon.word_counts if w.isalpha() and len(w) >= 5),
+        key=lambda w: lexicon.word_counts[w],
+    )
+    typo = word[:2] + word[3:]  # one letter dropped
+    assert SpellCorrector(lexicon).correct(typo).text == word
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return fake_encode(texts, tmp_path, None)  # type: ignore[arg-type]
+
+    results = build_intent(items, encode, tmp_path, IntentConfig(subsets_per_item=1, epochs=2))
+    head = IntentClassifier.load(lambda rel: tmp_path / rel)
+    assert set(head.level3) == {category_label(i.categories, 3) for i in items}
+    assert results["classes"]["level3"] == len(head.level3)
+    (top,) = head.top(encode(["anything"]), 3)
+    assert top[0].category in head.level3 and 0.0 <= top[0].probability <= 1.0

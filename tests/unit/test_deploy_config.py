@@ -10,14 +10,20 @@ import yaml
 from prometheus_client import REGISTRY
 
 import services.gateway.metrics  # registers the gateway metrics
+import services.query_understanding.metrics
 import services.retrieval.metrics  # noqa: F401
 from services.common.config import ServiceSettings
 from services.gateway.config import GatewaySettings
+from services.query_understanding.config import QueryUnderstandingSettings
 from services.retrieval.config import RetrievalSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_FILES = [ROOT / "docker-compose.yml", *sorted((ROOT / "deploy").rglob("*.y*ml"))]
-SETTINGS = {"GENSEARCH_GATEWAY_": GatewaySettings, "GENSEARCH_RETRIEVAL_": RetrievalSettings}
+SETTINGS = {
+    "GENSEARCH_GATEWAY_": GatewaySettings,
+    "GENSEARCH_RETRIEVAL_": RetrievalSettings,
+    "GENSEARCH_QU_": QueryUnderstandingSettings,
+}
 
 
 def _env_names(text: str) -> set[str]:
