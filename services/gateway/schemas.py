@@ -121,6 +121,14 @@ class SearchResponse(BaseModel):
 
     request_id: str
     query: str
+    corrected_query: str | None = Field(
+        None,
+        description="The spelling-corrected query the results are for, when query "
+        "understanding changed it.",
+    )
+    category_intent: str | None = Field(
+        None, description="The most likely category path of the query (query understanding)."
+    )
     items: list[SearchItem]
     artifact_version: str
     degraded: list[str] = Field(

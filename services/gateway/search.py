@@ -112,6 +112,20 @@ def _item(c: common_pb2.Candidate, features: dict[str, Any] | None) -> dict[str,
     return item
 
 
+def _understood(
+    query: str, understanding: query_understanding_pb2.UnderstandResponse | None
+) -> dict[str, str]:
+    """The answer's ``corrected_query`` (when it differs) and ``category_intent`` fields."""
+    if understanding is None:
+        return {}
+    out = {}
+    if understanding.corrected_query and understanding.corrected_query != query:
+        out["corrected_query"] = understanding.corrected_query
+    if understanding.categories:
+        out["category_intent"] = understanding.categories[0].category
+    return out
+
+
 def _digest(*parts: Any) -> str:
     return hashlib.sha256(orjson.dumps(parts)).hexdigest()[:32]
 
@@ -198,6 +212,7 @@ class SearchService:
         answer = {
             "request_id": request_id,
             "query": req.query,
+            **_understood(req.query, understanding),
             "items": [_item(c, items.get(c.item_id)) for c in candidates[: req.k]],
             "artifact_version": self.version,
             "degraded": trace.degraded,

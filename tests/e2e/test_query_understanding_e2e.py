@@ -25,9 +25,12 @@ def test_a_misspelt_query_is_answered_as_the_corrected_one(redis_stack: Stack) -
     status, typo = redis_stack.search(query="digitl calipr", k=5, debug=True)
     assert status == 200, typo
     assert "query_understanding" in typo["timings_ms"] and not typo["degraded"]
+    assert typo["corrected_query"] == "digital caliper"
+    assert "Measure" in typo["category_intent"]
     status, clean = redis_stack.search(query="digital caliper", k=5)
     assert status == 200
     assert [i["id"] for i in typo["items"]] == [i["id"] for i in clean["items"]]
+    assert "corrected_query" not in clean
 
 
 def test_understanding_is_cached_per_normalised_query(redis_stack: Stack) -> None:
