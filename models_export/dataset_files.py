@@ -16,6 +16,7 @@ names the file and the flag or variable to set; the command line prints it and e
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,3 +178,16 @@ def from_args(args: argparse.Namespace) -> DatasetFiles:
     if items is not None:
         raise DataInputError("--items needs --log (the behaviour log is required)")
     return named(args.data_dir, args.dataset)
+
+
+WANDS_FILE = Path("wands") / "query.csv"
+
+
+def wands_queries(root: Path) -> list[str]:
+    """The REAL WANDS query strings under ``root`` (tab-separated ``query_id, query,
+    query_class``): real query text for input, load and normalisation tests."""
+    path = root / WANDS_FILE
+    if not path.is_file():
+        raise input_error("WANDS queries not found", path, NAMED_HINT)
+    with path.open(newline="", encoding="utf-8") as fh:
+        return [row["query"] for row in csv.DictReader(fh, delimiter="\t")]

@@ -8,12 +8,14 @@ pipeline accepts. Skipped for a catalog without item text (no queries to underst
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
+from models_export.ingest import Item
 from models_export.query_intent import IntentConfig, build_intent, intent_summary
 from services.common.text_encoder import TEXT_ENCODER_MODEL, TextEncoder
-from services.query_understanding.lexicon import LEXICON_FILE, mine_lexicon
+from services.query_understanding.lexicon import LEXICON_FILE, Lexicon, mine_lexicon
 from services.query_understanding.spelling import SpellCorrector
 
 if TYPE_CHECKING:
@@ -23,6 +25,16 @@ if TYPE_CHECKING:
 BUILD_THREADS = 2
 
 
+def catalog_lexicon(items: Sequence[Item]) -> Lexicon:
+    """The lexicon mined from the catalog's items."""
+    return mine_lexicon(
+        [i.title for i in items],
+        [i.brand for i in items],
+        [i.categories for i in items],
+        [i.description for i in items],
+    )
+
+
 def step_query_understanding(ctx: BuildContext) -> str:
     """Mine the lexicon, train + export + evaluate the intent head."""
     if not ctx.has_text:
@@ -30,12 +42,7 @@ def step_query_understanding(ctx: BuildContext) -> str:
     if not (ctx.version_dir / TEXT_ENCODER_MODEL).is_file():
         return "skipped: this build has no text encoder (the text_encoder step did not run)"
     items = ctx.items()
-    lexicon = mine_lexicon(
-        [i.title for i in items],
-        [i.brand for i in items],
-        [i.categories for i in items],
-        [i.description for i in items],
-    )
+    lexicon = catalog_lexicon(items)
     lexicon.save(ctx.path(LEXICON_FILE).parent)
     speller = SpellCorrector(lexicon)
     encoder = TextEncoder.load(lambda rel: ctx.version_dir / rel, BUILD_THREADS)

@@ -12,7 +12,6 @@ Writes ``<out-dir>/<name>.json`` and ``.md`` and prints a one-line summary.
 from __future__ import annotations
 
 import argparse
-import csv
 import platform
 import time
 from collections.abc import Sequence
@@ -23,15 +22,16 @@ from typing import Any
 import numpy as np
 
 from models_export import dataset_files, ingest, queries
+from models_export.dataset_files import wands_queries
 from models_export.noisy_queries import add_typos
+from models_export.query_understanding_step import catalog_lexicon
 from models_export.result_files import write_results
 from services.common.config import data_dir
 from services.common.text import normalize_query
-from services.query_understanding.lexicon import Lexicon, mine_lexicon
+from services.query_understanding.lexicon import Lexicon
 from services.query_understanding.spelling import SpellCorrector, SpellingConfig
 
 TARGET_CLEAN_CHANGED = 0.01
-WANDS_FILE = Path("wands") / "query.csv"
 EXAMPLES = 60
 
 
@@ -93,15 +93,6 @@ def derive_cases(items: Sequence[ingest.Item], seed: int) -> list[Case]:
             rng = np.random.default_rng((seed, len(cases)))
             cases.append(Case(kind, text, " ".join(add_typos(text.split(), rng))))
     return cases
-
-
-def wands_queries(root: Path) -> list[str]:
-    """The real WANDS query strings (tab-separated ``query_id, query, query_class``)."""
-    path = root / WANDS_FILE
-    if not path.is_file():
-        raise dataset_files.input_error("WANDS queries not found", path, dataset_files.NAMED_HINT)
-    with path.open(newline="", encoding="utf-8") as fh:
-        return [row["query"] for row in csv.DictReader(fh, delimiter="\t")]
 
 
 def score(corrector: SpellCorrector, cases: Sequence[Case]) -> dict[str, Tally]:
@@ -280,12 +271,7 @@ def run(args: argparse.Namespace) -> int:
         )
     items = ingest.ingest_dataset(files, on_error="skip").items
     t0 = time.perf_counter()
-    lexicon = mine_lexicon(
-        [i.title for i in items],
-        [i.brand for i in items],
-        [i.categories for i in items],
-        [i.description for i in items],
-    )
+    lexicon = catalog_lexicon(items)
     mine_seconds = time.perf_counter() - t0
     cases = derive_cases(items, args.seed)
     wands = wands_queries(args.data_dir if args.data_dir is not None else data_dir())

@@ -20,7 +20,6 @@ Target (issue 18): uncached p99 <= 10 ms at batch 1.
 from __future__ import annotations
 
 import argparse
-import csv
 import platform
 import time
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from loadtest.local_stack import start_stack
+from models_export.dataset_files import wands_queries
 from models_export.result_files import write_results
 from services.common.artifacts import ArtifactRepository
 from services.common.config import data_dir
@@ -45,14 +45,6 @@ from services.common.generated.gensearch.query_understanding.v1 import (
 )
 
 TARGET_P99_MS = 10.0
-
-
-def wands_queries(root: Path) -> list[str]:
-    """The real WANDS query strings (tab-separated ``query_id, query, query_class``)."""
-    with (root / "wands" / "query.csv").open(newline="") as handle:
-        rows = csv.reader(handle, delimiter="\t")
-        next(rows, None)
-        return [r[1] for r in rows if len(r) > 1 and r[1].strip()]
 
 
 def derived_queries(root: Path, version: str) -> list[str]:

@@ -3,7 +3,6 @@ plus examples of units, sizes and model numbers."""
 
 from __future__ import annotations
 
-import csv
 import time
 import unicodedata
 
@@ -11,6 +10,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from models_export.dataset_files import wands_queries
 from services.common.config import data_dir
 from services.common.text import (
     MAX_NORMALIZED_CHARS,
@@ -38,12 +38,7 @@ PIECES = st.sampled_from(
 RULE_TEXT = st.lists(PIECES, max_size=40).map("".join)
 
 
-def _wands_queries() -> list[str]:
-    with (data_dir() / "wands" / "query.csv").open(newline="") as fh:
-        return [row["query"] for row in csv.DictReader(fh, delimiter="\t")]
-
-
-WANDS = _wands_queries()
+WANDS = wands_queries(data_dir())
 
 
 def _check_properties(text: str) -> str:
