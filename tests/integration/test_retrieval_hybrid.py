@@ -133,3 +133,18 @@ def test_a_failing_source_degrades_the_answer(artifact_root: Path) -> None:
     [note] = [d for d in reply.degraded if d.stage == "retrieval.dense"]
     assert "RuntimeError" in note.reason
     assert len(reply.candidates) == 10
+
+
+def test_keywords_reach_only_a_generator_trained_with_them(artifact_root: Path) -> None:
+    engine = _engine(artifact_root)
+    request = retrieval_pb2.RetrieveRequest(
+        query="gloves", keywords=["safety", "Nitrile"], k=10, query_embedding=[0.0] * 384
+    )
+    engine.keyword_input = False
+    prepared = engine.prepare(request, Deadline.after(2.0))
+    assert prepared.query == "gloves" and engine.job(prepared).query == "gloves"
+    assert prepared.query_embedding is not None  # the given embedding, not re-encoded
+    engine.keyword_input = True
+    prepared = engine.prepare(request, Deadline.after(2.0))
+    assert prepared.query == "gloves"  # BM25 and dense still read the query alone
+    assert engine.job(prepared).query == "gloves safety nitrile"
