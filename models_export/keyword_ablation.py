@@ -83,6 +83,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-cases", type=int, default=1500, help="test queries per kind")
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--preset", default="serving", help="generator size (tiny: smoke test)")
+    parser.add_argument(
+        "--keyword-min-probability",
+        type=float,
+        default=None,
+        help="the intent probability a category keyword needs (default: the service's)",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="evaluate a run whose model is already in --runs-dir instead of training it again",
+    )
     parser.add_argument("--runs-dir", type=Path, default=None, help="default <artifacts>/runs")
     parser.add_argument("--out", type=Path, default=Path("docs/results/keyword_ablation"))
 
@@ -94,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
     qu = load_understander(
         QueryUnderstandingSettings.model_validate(
             {"port": 0, "artifact_dir": root, "artifact_version": arts.version}
+            | (
+                {"keyword_min_probability": args.keyword_min_probability}
+                if args.keyword_min_probability is not None
+                else {}
+            )
         )
     )
     from models_export import ingest
@@ -127,7 +143,13 @@ def run(args: argparse.Namespace) -> int:
     for name in RUNS:
         run_data = dataclasses.replace(data, keywords=keywords if name == "keywords" else {})
         out_dir = runs_dir / f"keyword-ablation-{name}"
-        meta = train(run_data, settings, out_dir, "artifact").meta
+        if name == "keywords":
+            out_dir = out_dir.with_name(f"{out_dir.name}-p{qu.settings.keyword_min_probability:g}")
+        meta_file = out_dir / "generator" / "meta.json"
+        if args.reuse and meta_file.is_file():
+            meta = json.loads(meta_file.read_text())
+        else:
+            meta = train(run_data, settings, out_dir, "artifact").meta
         retriever = open_onnx_retriever(out_dir, data.codes, name=name)
         cells: dict[str, dict[str, float]] = {}
         for kind, kind_cases in cases.items():
@@ -154,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
         print(name, json.dumps(cells))
     doc = {
         "artifact": arts.version,
+        "keyword_min_probability": qu.settings.keyword_min_probability,
         "epochs": args.epochs,
         "seed": args.seed,
         "derived": True,
@@ -171,7 +194,8 @@ def markdown(doc: dict[str, Any], args: argparse.Namespace) -> str:
         "# Keyword augmentation of the generative retriever (ablation)",
         "",
         f"Command: `python -m models_export keyword-ablation --epochs {args.epochs} "
-        f"--max-cases {args.max_cases} --seed {args.seed} --preset {args.preset}` on artifact "
+        f"--max-cases {args.max_cases} --seed {args.seed} --preset {args.preset} "
+        f"--keyword-min-probability {doc['keyword_min_probability']:g}` on artifact "
         f"{doc['artifact']}.  ",
         "Machine: 2-core x86_64 VM, no GPU. Data: amazon_scientific; the test queries are "
         "DERIVED from the target item (category words; 2-4 title words), typos injected "

@@ -155,18 +155,20 @@ def encode_all(encode: Encode, texts: Sequence[str], batch: int = 256) -> np.nda
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature minimising the negative log-likelihood (grid, then refined)."""
+    """The temperature in [0.05, 20] minimising the negative log-likelihood (bounded
+    Brent search over log T)."""
+    from scipy.optimize import minimize_scalar
 
-    def nll(t: float) -> float:
-        z = logits / t
+    rows = np.arange(len(labels))
+
+    def nll(log_t: float) -> float:
+        z = logits / np.exp(log_t)
         z = z - z.max(axis=1, keepdims=True)
         logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        return float(-logp[np.arange(len(labels)), labels].mean())
+        return float(-logp[rows, labels].mean())
 
-    grid = np.exp(np.linspace(np.log(0.25), np.log(8.0), 60))
-    best = float(min(grid, key=nll))
-    fine = np.linspace(best * 0.9, best * 1.1, 21)
-    return float(min(fine, key=nll))
+    found = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(found.x))
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
@@ -447,13 +449,14 @@ def intent_summary(results: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- report
 
 
-def intent_markdown(results: dict[str, Any], version: str) -> str:
+def intent_markdown(results: dict[str, Any], version: str, root: str = "artifacts") -> str:
     """The held-out accuracy table of one artifact's intent head."""
     cal = results.get("calibration", {})
     lines = [
         "# Category intent: held-out accuracy",
         "",
-        f"Command: `python -m models_export report-intent --version {version}` (the figures "
+        f"Command: `python -m models_export report-intent --artifact-dir {root} --version "
+        f"{version}` (the figures "
         "are measured by the artifact build's `query_understanding` step and kept in its "
         "manifest).  ",
         "Machine: 2-core x86_64 VM, no GPU. Data: amazon_scientific. All queries are DERIVED "
@@ -505,7 +508,8 @@ def run(args: Any) -> int:
     if not found:
         print(f"artifact {arts.version} has no query-understanding results (built without text?)")
         return 1
-    text = intent_markdown(found["intent"], arts.version)
+    root = str(args.artifact_dir or artifact_root())
+    text = intent_markdown(found["intent"], arts.version, root)
     print(text)
     write_results(args.out, found, text)
     return 0
