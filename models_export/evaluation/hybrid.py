@@ -270,7 +270,7 @@ def open_sources(version_dir: Path, threads: int = 2, beam_width: int = 20) -> H
     ``lexical/`` or built the served way from the items table; dense when the version has
     the ONNX text encoder)."""
     from models_export.generator.retriever import open_onnx_retriever
-    from services.common.text_encoder import TextEncoder
+    from services.common.text_encoder import TEXT_ENCODER_MODEL, TextEncoder
 
     generator: RankFn | None = None
     codes_path = version_dir / "generator" / "sid_codes.npy"
@@ -284,10 +284,9 @@ def open_sources(version_dir: Path, threads: int = 2, beam_width: int = 20) -> H
         lexical = None
     ann = None
     encode: Encode | None = None
-    model = version_dir / "models" / "text_encoder" / "1" / "model.onnx"
-    if model.is_file():
+    if (version_dir / TEXT_ENCODER_MODEL).is_file():
         ann = AnnIndex(np.load(version_dir / "embeddings" / "items.npy", allow_pickle=False))
-        encode = TextEncoder(model, model.parent.parent / "tokenizer.json", threads).encode
+        encode = TextEncoder.load(lambda rel: version_dir / rel, threads).encode
     return HybridSources(generator, lexical, ann, encode)
 
 
