@@ -146,12 +146,18 @@ def build_data(items: Sequence[Item], config: IntentConfig) -> IntentData:
 
 
 def encode_all(encode: Encode, texts: Sequence[str], batch: int = 256) -> np.ndarray:
-    """Embeddings of ``texts`` in batches, with a progress bar."""
+    """Embeddings of ``texts`` in batches of similar length (little padding), with a
+    progress bar; rows in the order of ``texts``."""
+    if not texts:
+        return np.zeros((0, 384), dtype=np.float32)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     chunks = [
-        encode(texts[i : i + batch])
-        for i in tqdm(range(0, len(texts), batch), desc="embed intent queries", unit="batch")
+        encode([texts[i] for i in order[start : start + batch]])
+        for start in tqdm(range(0, len(order), batch), desc="embed intent queries", unit="batch")
     ]
-    return np.concatenate(chunks) if chunks else np.zeros((0, 384), dtype=np.float32)
+    out = np.empty((len(texts), chunks[0].shape[1]), dtype=np.float32)
+    out[np.asarray(order)] = np.concatenate(chunks)
+    return out
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
