@@ -10,7 +10,9 @@ on the CURRENT artifact and measures, one call at a time:
 2. ``BatchUnderstand`` of 16 and 64 queries: queries per second;
 3. through the gateway: the ``query_understanding`` stage time that a search reports in
    its debug timings, the first time a query is seen (a service call) and again with a
-   different ``k`` (the result cache misses, the understanding cache hits).
+   different ``k`` (the result cache misses, the understanding cache hits);
+4. whole searches (the client's latency) on this stack and on a second one without query
+   understanding, new queries to both in turn (retrieval then encodes the query itself).
 
 Queries: the 480 REAL WANDS query strings (furniture: out of this catalog's domain, which
 is what an unfamiliar query costs) and the artifact's DERIVED test queries, alternating.
@@ -105,6 +107,20 @@ def run(root: Path, n: int, warmup: int, redis_url: str) -> dict[str, Any]:
                     stage[label].append(body["timings_ms"]["query_understanding"] / 1000.0)
         out["gateway_stage_uncached"] = _stats(stage["uncached"])
         out["gateway_stage_cached"] = _stats(stage["cached"])
+        # whole searches, with and without the stage: a second stack without it, the same
+        # new queries sent to both in turn (every query new to both caches)
+        logs_off = Path(logs) / "without"
+        logs_off.mkdir()
+        off = start_stack(stack, root, logs_off, redis_url=redis_url, query_understanding=False)
+        search: dict[str, list[float]] = {"with": [], "without": []}
+        for i, q in enumerate(queries):
+            for label, target in (("with", s), ("without", off)):
+                start = time.perf_counter()
+                status, _ = target.search(query=f"{q} search {i}", k=10)
+                if status == 200 and i >= warmup:
+                    search[label].append(time.perf_counter() - start)
+        out["search_with_qu"] = _stats(search["with"])
+        out["search_without_qu"] = _stats(search["without"])
     p99 = out["understand_batch1"]["p99_ms"]
     return {
         "command": f"python -m loadtest.benchmarks.qu_bench --n {n}"
@@ -140,6 +156,8 @@ def markdown(doc: dict[str, Any]) -> str:
                 row("Understand over gRPC, batch 1, uncached (client)", doc["understand_batch1"]),
                 row("gateway stage, first sight (service call)", doc["gateway_stage_uncached"]),
                 row("gateway stage, understanding cached", doc["gateway_stage_cached"]),
+            row("whole search (client), with query understanding", doc["search_with_qu"]),
+            row("whole search (client), without it", doc["search_without_qu"]),
                 "",
                 f"BatchUnderstand: {doc['batch16_queries_per_s']} queries/s at batch 16, "
                 f"{doc['batch64_queries_per_s']} at batch 64.  ",
