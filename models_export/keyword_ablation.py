@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,36 +34,14 @@ from models_export.generator.dataset import TrainingData, load_training_data
 from models_export.generator.retriever import open_onnx_retriever
 from models_export.generator.train import TrainSettings, load_sids, train
 from models_export.result_files import write_results
+from models_export.understanding import open_understander, understand
 from services.common.artifacts import ArtifactRepository
 from services.common.config import artifact_root
-from services.common.generated.gensearch.query_understanding.v1 import query_understanding_pb2
-from services.common.text import MAX_QUERY_CHARS, normalize_query
-from services.query_understanding.config import QueryUnderstandingSettings
 from services.query_understanding.engine import QueryUnderstander
-from services.query_understanding.loader import load_understander
 
-BATCH = 256
 RUNS = ("plain", "keywords")
 VARIANTS = ("clean", "typo")
 KINDS = ("category", "title")
-
-
-def _cut(text: str) -> str:
-    """``text`` cut to the service's query limit at a word boundary (long item titles)."""
-    norm = normalize_query(text)
-    return norm if len(norm) <= MAX_QUERY_CHARS else norm[:MAX_QUERY_CHARS].rsplit(" ", 1)[0]
-
-
-def understand(qu: QueryUnderstander, texts: Sequence[str]) -> list[tuple[str, str]]:
-    """(corrected query, keywords joined by spaces) per text, in batches."""
-    out: list[tuple[str, str]] = []
-    for start in range(0, len(texts), BATCH):
-        reqs = [
-            query_understanding_pb2.UnderstandRequest(query=_cut(t))
-            for t in texts[start : start + BATCH]
-        ]
-        out.extend((r.corrected_query, " ".join(r.keywords)) for r in qu.understand(reqs))
-    return out
 
 
 def training_keywords(qu: QueryUnderstander, data: TrainingData) -> dict[str, str]:
@@ -102,16 +79,12 @@ def run(args: argparse.Namespace) -> int:
     root = args.artifact_dir or artifact_root()
     arts = ArtifactRepository(root).open(args.version or None)
     version_dir = root / arts.version
-    qu = load_understander(
-        QueryUnderstandingSettings.model_validate(
-            {"port": 0, "artifact_dir": root, "artifact_version": arts.version}
-            | (
-                {"keyword_min_probability": args.keyword_min_probability}
-                if args.keyword_min_probability is not None
-                else {}
-            )
-        )
+    overrides = (
+        {"keyword_min_probability": args.keyword_min_probability}
+        if args.keyword_min_probability is not None
+        else {}
     )
+    qu = open_understander(root, arts.version, **overrides)
     from models_export import ingest
 
     item_ids = [i.item_id for i in ingest.read_items(version_dir / "tables")]

@@ -9,6 +9,7 @@ chose on validation (or chosen now on validation when the artifact has none).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -21,14 +22,18 @@ from models_export.evaluation.hybrid import (
     CLEAN,
     NOISE_KINDS,
     SERVED_DEPTH,
+    QueryClass,
     choose_on_validation,
     open_sources,
     query_classes,
     run_classes,
     score_classes,
 )
+from models_export.evaluation.protocol import EvalCase
+from models_export.understanding import open_understander, understand
 from services.common.artifacts import ArtifactRepository
 from services.common.config import artifact_root
+from services.query_understanding.engine import QueryUnderstander
 from services.retrieval.fusion import FUSION_FILE, KNOWN, UNKNOWN, FusionPolicy
 
 METHODS = ("generated", "lexical", "dense", "hybrid")
@@ -47,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", type=Path, default=Path("docs/results"))
     parser.add_argument("--name", default="hybrid_retrieval")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--understand",
+        action="store_true",
+        help="pass every query through the artifact's query understanding first (the "
+        "spelling-corrected text goes to the sources, as the gateway sends it)",
+    )
 
 
 def _weights(w: dict[str, Any]) -> str:
@@ -71,6 +82,13 @@ def render(doc: dict[str, Any]) -> str:
         f"{doc['max_cases']} sampled targets per query kind (seed {doc['seed']}), the same "
         "targets in every row of a kind. Machine: "
         f"{doc['machine']}. Total time: {doc['seconds']:.0f} s.  ",
+        "Queries: "
+        + (
+            "passed through the artifact's query understanding first (the spelling-"
+            "corrected text goes to every source, as the gateway sends it).  "
+            if doc.get("understood")
+            else "sent to the sources as they are.  "
+        ),
         "Fusion: weighted RRF with one weight set for queries whose terms are all in the "
         f"catalog vocabulary ({_weights(doc['fusion'][KNOWN])}) and one for queries with an "
         f"unknown term ({_weights(doc['fusion'][UNKNOWN])}), {doc['fusion_source']}. Every "
@@ -100,6 +118,20 @@ def render(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def understood(classes: list[QueryClass], qu: QueryUnderstander) -> list[QueryClass]:
+    """``classes`` with every query replaced by its spelling-corrected form."""
+    out = []
+    for qc in classes:
+        texts = [c.request.query or "" for c in qc.cases]
+        fixed = [q for q, _ in understand(qu, texts)]
+        cases = [
+            EvalCase(dataclasses.replace(c.request, query=q), c.target)
+            for c, q in zip(qc.cases, fixed, strict=True)
+        ]
+        out.append(dataclasses.replace(qc, cases=cases))
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     root = args.artifacts if args.artifacts is not None else artifact_root()
@@ -121,17 +153,23 @@ def run(args: argparse.Namespace) -> int:
     classes = query_classes(
         data, args.split, kinds, noises, (False, True), args.max_cases, args.seed, sources.encode
     )
+    if args.understand:
+        classes = understood(classes, open_understander(root, arts.version))
     runs = run_classes(sources, classes, SERVED_DEPTH, show)
     rows = score_classes(runs, policy)
-    command = "python -m models_export evaluate-hybrid " + " ".join(
-        f"--{k.replace('_', '-')} {v}"
-        for k, v in (
-            ("version", arts.version),
-            ("split", args.split),
-            ("max_cases", args.max_cases),
-            ("seed", args.seed),
-            ("name", args.name),
+    command = (
+        "python -m models_export evaluate-hybrid "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in (
+                ("version", arts.version),
+                ("split", args.split),
+                ("max_cases", args.max_cases),
+                ("seed", args.seed),
+                ("name", args.name),
+            )
         )
+        + (" --understand" if args.understand else "")
     )
     doc = {
         "command": command,
@@ -146,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
         "fusion": policy.to_dict(),
         "fusion_source": fusion_source,
         "sources": sources.names,
+        "understood": bool(args.understand),
         "rows": rows,
         "seconds": round(time.perf_counter() - t0, 1),
     }
