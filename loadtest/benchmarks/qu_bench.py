@@ -156,8 +156,8 @@ def markdown(doc: dict[str, Any]) -> str:
                 row("Understand over gRPC, batch 1, uncached (client)", doc["understand_batch1"]),
                 row("gateway stage, first sight (service call)", doc["gateway_stage_uncached"]),
                 row("gateway stage, understanding cached", doc["gateway_stage_cached"]),
-            row("whole search (client), with query understanding", doc["search_with_qu"]),
-            row("whole search (client), without it", doc["search_without_qu"]),
+                row("whole search (client), with query understanding", doc["search_with_qu"]),
+                row("whole search (client), without it", doc["search_without_qu"]),
                 "",
                 f"BatchUnderstand: {doc['batch16_queries_per_s']} queries/s at batch 16, "
                 f"{doc['batch64_queries_per_s']} at batch 64.  ",
