@@ -411,13 +411,12 @@ def build_intent(
         )
     )
     cal = {}
-    for level, temp, labels in (
-        ("level2", trained.temperature2, data.labels2["calibration"]),
-        ("level3", trained.temperature3, data.labels3["calibration"]),
-    ):
-        if len(x["calibration"]):
-            lc2, lc3 = head_logits(trained, x["calibration"])
-            logits = lc2 if level == "level2" else lc3
+    if len(x["calibration"]):  # the head's calibration logits, once for both levels
+        lc2, lc3 = head_logits(trained, x["calibration"])
+        for level, logits, temp, labels in (
+            ("level2", lc2, trained.temperature2, data.labels2["calibration"]),
+            ("level3", lc3, trained.temperature3, data.labels3["calibration"]),
+        ):
             y = np.asarray(labels)
             cal[level] = {
                 "temperature": temp,
