@@ -61,6 +61,7 @@ STEPS: list[tuple[str, str]] = [
     ("query_understanding", "models_export.query_understanding_step:step_query_understanding"),
     ("generator", "models_export.generator.pipeline_step:step_generator"),
     ("fusion", "models_export.hybrid_step:step_fusion"),
+    ("ranking", "models_export.ranking.step:step_ranking"),
     ("eval_baselines", "models_export.evaluation.pipeline_step:step_eval_baselines"),
 ]
 #: left out of quick builds: measurements, not what the stack needs to serve

@@ -36,10 +36,13 @@ DEFAULTS = {
     "GENSEARCH_GATEWAY_RETRIEVAL_ADDR": "127.0.0.1:50051",
     "GENSEARCH_QU_PORT": "50052",
     "GENSEARCH_QU_METRICS_PORT": "9102",
+    "GENSEARCH_RANKING_PORT": "50053",
+    "GENSEARCH_RANKING_METRICS_PORT": "9103",
 }
 #: how long a ready gateway waits for its optional stages before the demo search
 OPTIONAL_STAGE_GRACE_S = 60.0
 QU_ADDR_ENV = "GENSEARCH_GATEWAY_QUERY_UNDERSTANDING_ADDR"
+RANKING_ADDR_ENV = "GENSEARCH_GATEWAY_RANKING_ADDR"
 
 
 def ensure_artifacts(full: bool) -> str:
@@ -75,12 +78,18 @@ def has_text(version: str) -> bool:
 
 
 def processes(version: str) -> list[str]:
-    """The Procfile entries to start: query understanding only when ``version`` has its
-    models (a catalog without item text has no queries to understand)."""
+    """The Procfile entries to start: query understanding and ranking only when
+    ``version`` has their models (a catalog without item text has neither)."""
     from services.query_understanding.lexicon import LEXICON_FILE
+    from services.ranking.model import RANKER_MODEL
 
     arts = ArtifactRepository(artifact_root()).open(version)
-    return ["retrieval", *(["query_understanding"] if arts.has(LEXICON_FILE) else []), "gateway"]
+    optional = [
+        name
+        for name, rel in (("query_understanding", LEXICON_FILE), ("ranking", RANKER_MODEL))
+        if arts.has(rel)
+    ]
+    return ["retrieval", *optional, "gateway"]
 
 
 def _get(url: str, timeout: float = 2.0) -> tuple[int, dict[str, object]]:
@@ -156,6 +165,8 @@ def main() -> int:
     names = processes(version)
     if "query_understanding" in names:
         env.setdefault(QU_ADDR_ENV, f"127.0.0.1:{env['GENSEARCH_QU_PORT']}")
+    if "ranking" in names:
+        env.setdefault(RANKING_ADDR_ENV, f"127.0.0.1:{env['GENSEARCH_RANKING_PORT']}")
     # The Procfile says ``python``: make it this interpreter (the project's venv).
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     base = f"http://127.0.0.1:{env['GENSEARCH_GATEWAY_PORT']}"

@@ -171,14 +171,21 @@ class HybridSources:
             out["lexical"] = [[r for r, _ in lex.search(q.query or "", depth)] for q in queries]
         if self.ann is not None and self.encode is not None:
             texts = [q.query or "" for q in queries]
-            missing = sorted({t for t in texts if t not in self._vectors})
-            for start in range(0, len(missing), 256):
-                chunk = missing[start : start + 256]
-                for t, v in zip(chunk, self.encode(chunk), strict=True):
-                    self._vectors[t] = v
+            vectors = self.query_vectors(texts)
             ann = self.ann
-            out["dense"] = [[r for r, _ in ann.search(self._vectors[t], depth)] for t in texts]
+            out["dense"] = [[r for r, _ in ann.search(v, depth)] for v in vectors]
         return out
+
+    def query_vectors(self, texts: Sequence[str]) -> np.ndarray:
+        """The served query embeddings of ``texts`` (each text encoded once, then cached)."""
+        if self.encode is None:
+            raise ValueError("this version has no text encoder")
+        missing = sorted({t for t in texts if t not in self._vectors})
+        for start in range(0, len(missing), 256):
+            chunk = missing[start : start + 256]
+            for t, v in zip(chunk, self.encode(chunk), strict=True):
+                self._vectors[t] = v
+        return np.stack([self._vectors[t] for t in texts]) if texts else np.zeros((0, 0))
 
 
 def fused(

@@ -21,14 +21,14 @@ class _RequestIdFilter(logging.Filter):
         self.service = service
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
+        if not getattr(record, "request_id", ""):  # a record may name its own (extra=)
+            record.request_id = request_id_var.get()
         record.service = self.service
         return True
 
 
-def configure_logging(service: str, level: str = "INFO") -> None:
-    """Send JSON lines (time, level, logger, message, service, request_id) to stderr."""
-    handler = logging.StreamHandler(sys.stderr)
+def json_handler(service: str, handler: logging.Handler) -> logging.Handler:
+    """``handler`` writing JSON lines (time, level, logger, message, service, request_id)."""
     handler.addFilter(_RequestIdFilter(service))
     handler.setFormatter(
         JsonFormatter(
@@ -36,6 +36,11 @@ def configure_logging(service: str, level: str = "INFO") -> None:
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
         )
     )
+    return handler
+
+
+def configure_logging(service: str, level: str = "INFO") -> None:
+    """Send JSON lines (time, level, logger, message, service, request_id) to stderr."""
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [json_handler(service, logging.StreamHandler(sys.stderr))]
     root.setLevel(level.upper())

@@ -1,4 +1,5 @@
-"""Load user and item features from an artifact version into the store (like Feast's materialize).
+"""Load user and item features from an artifact version into the store (like Feast's materialize),
+and the ranking service's features (``services.ranking.store``) when the version has a ranker.
 
 ``python -m services.gateway.materialize --redis-url redis://127.0.0.1:6379/0``
 """
@@ -15,8 +16,11 @@ import pyarrow.parquet as pq
 
 from services.common.artifacts import ArtifactRepository, ArtifactSet
 from services.common.config import artifact_root
+from services.common.histories import USERS_TABLE, serving_histories
 from services.gateway.breaker import CircuitBreaker
 from services.gateway.store import FeatureStore, ItemFeatures, RedisStore
+from services.ranking.features import FEATURES_FILE, FeatureSpec
+from services.ranking.store import write_features
 
 # The stored history also backs ``exclude_history`` ("leave out what the user already has"),
 # so it keeps far more than the 20 recent items retrieval reads: every user of the shared
@@ -42,22 +46,18 @@ async def materialize(store: FeatureStore, artifacts: ArtifactSet) -> dict[str, 
     for start in range(0, len(keys), _BATCH):
         await store.put_items(version, {k: items[k] for k in keys[start : start + _BATCH]})
 
-    users_table = pq.read_table(artifacts.path("tables/users.parquet")).to_pylist()
+    histories = serving_histories(artifacts.path(USERS_TABLE))
     counts: Counter[str] = Counter()
-    batch: dict[str, list[str]] = {}
-    for row in users_table:
-        # Serving sees everything the user did; the splits only matter offline.
-        history = [*row["train_history"], row["valid_target"], row["test_target"]]
+    for row in pq.read_table(artifacts.path(USERS_TABLE), columns=["train_history"]).to_pylist():
         counts.update(row["train_history"])
-        batch[str(row["user_id"])] = [str(i) for i in history[-MAX_HISTORY:]]
-        if len(batch) >= _BATCH:
-            await store.put_users(version, batch)
-            batch = {}
-    if batch:
-        await store.put_users(version, batch)
+    users = list(histories.items())
+    for start in range(0, len(users), _BATCH):
+        await store.put_users(
+            version, {u: h[-MAX_HISTORY:] for u, h in users[start : start + _BATCH]}
+        )
     popular = [item for item, _ in counts.most_common(POPULAR_SIZE)]
     await store.put_popular(version, popular)
-    return {"items": len(items), "users": len(users_table), "popular": len(popular)}
+    return {"items": len(items), "users": len(users), "popular": len(popular)}
 
 
 def main() -> None:
@@ -80,6 +80,12 @@ def main() -> None:
         )
         start = time.perf_counter()
         counts = await materialize(store, artifacts)
+        if artifacts.has(FEATURES_FILE):  # the ranking service's features, same Redis
+            spec = FeatureSpec.load(artifacts.path)
+            histories = serving_histories(artifacts.path(USERS_TABLE))
+            counts |= await write_features(
+                store.client, args.prefix, artifacts.version, spec, histories
+            )
         await store.close()
         took = time.perf_counter() - start
         print(f"materialized version {artifacts.version}: {counts} in {took:.1f}s")

@@ -130,6 +130,11 @@ class SearchResponse(BaseModel):
         None, description="The most likely category path of the query (query understanding)."
     )
     items: list[SearchItem]
+    ranking_weights: dict[str, float] | None = Field(
+        None,
+        description="The personalised (GRADE) objective weights that ordered the items, "
+        "when the ranking stage ran.",
+    )
     artifact_version: str
     degraded: list[str] = Field(
         default_factory=list, description="Stages that answered with reduced quality."

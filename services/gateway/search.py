@@ -15,7 +15,7 @@ from services.common.generated.gensearch.common.v1 import common_pb2
 from services.common.generated.gensearch.query_understanding.v1 import query_understanding_pb2
 from services.common.generated.gensearch.ranking.v1 import ranking_pb2
 from services.common.generated.gensearch.retrieval.v1 import retrieval_pb2
-from services.common.limits import MAX_EXCLUDE
+from services.common.limits import MAX_EXCLUDE, RANK_POOL
 from services.gateway.config import GatewaySettings
 from services.gateway.downstream import Downstream, StageFailedError
 from services.gateway.metrics import DEGRADED, cache_lookups, stage_latency
@@ -28,8 +28,6 @@ _SOURCES = {
     common_pb2.CANDIDATE_SOURCE_DENSE: "dense",
     common_pb2.CANDIDATE_SOURCE_ANN: "ann",
 }
-# Candidates fetched for the ranker to reorder when ranking is configured.
-RANK_POOL = 50
 # Kept back from the budget for assembling the answer after the last stage.
 ASSEMBLY_RESERVE_S = 0.003
 
@@ -207,13 +205,18 @@ class SearchService:
             understanding, history = None, await self._history(req.user_id, trace)
         candidates = await self._retrieve(req, understanding, history, deadline, trace)
         items = await self._features([c.item_id for c in candidates], trace)
-        if self.ranking is not None and candidates:
-            candidates = await self._rank(req, understanding, history, candidates, deadline, trace)
+        weights: dict[str, float] | None = None
+        # the ranker is trained on search lists: feeds (no query) keep the retrieval order
+        if self.ranking is not None and candidates and req.query:
+            candidates, weights = await self._rank(
+                req, request_id, understanding, history, candidates, deadline, trace
+            )
         answer = {
             "request_id": request_id,
             "query": req.query,
             **_understood(req.query, understanding),
             "items": [_item(c, items.get(c.item_id)) for c in candidates[: req.k]],
+            **({"ranking_weights": weights} if weights else {}),
             "artifact_version": self.version,
             "degraded": trace.degraded,
             "notes": trace.notes,
@@ -274,7 +277,8 @@ class SearchService:
     ) -> list[common_pb2.Candidate]:
         filters = req.filters
         excluded = excluded_ids(req, history)
-        want = max(req.k, RANK_POOL) if self.ranking is not None else req.k
+        ranked = self.ranking is not None and bool(req.query)
+        want = max(req.k, RANK_POOL) if ranked else req.k
         request = retrieval_pb2.RetrieveRequest(
             meta=common_pb2.RequestMeta(artifact_version=self.version, debug=req.debug),
             query=understanding.corrected_query if understanding else req.query,
@@ -286,7 +290,7 @@ class SearchService:
             category_prefixes=[filters.category] if filters and filters.category else [],
             query_embedding=list(understanding.embedding) if understanding else [],
         )
-        reserve = 0.3 if self.ranking is not None else 0.0
+        reserve = 0.3 if ranked else 0.0
         budget = deadline.sub_budget(1.0 - reserve, reserve=ASSEMBLY_RESERVE_S)
         with trace.stage("retrieval"):
             try:
@@ -329,15 +333,18 @@ class SearchService:
     async def _rank(
         self,
         req: SearchRequest,
+        request_id: str,
         understanding: query_understanding_pb2.UnderstandResponse | None,
         history: list[str],
         candidates: list[common_pb2.Candidate],
         deadline: Deadline,
         trace: _Trace,
-    ) -> list[common_pb2.Candidate]:
+    ) -> tuple[list[common_pb2.Candidate], dict[str, float] | None]:
+        """The ranked candidates and the GRADE weights used; the retrieval order (and no
+        weights) when ranking fails."""
         assert self.ranking is not None
         request = ranking_pb2.RankRequest(
-            meta=common_pb2.RequestMeta(artifact_version=self.version),
+            meta=common_pb2.RequestMeta(artifact_version=self.version, request_id=request_id),
             user=common_pb2.UserContext(user_id=req.user_id or "", recent_item_ids=history),
             query=req.query,
             query_embedding=list(understanding.embedding) if understanding else [],
@@ -351,5 +358,6 @@ class SearchService:
                 )
             except StageFailedError as exc:
                 trace.degrade("ranking", f"{exc.reason}; retrieval order kept")
-                return candidates
-        return list(reply.candidates)
+                return candidates, None
+        weights = {w.objective: round(float(w.weight), 4) for w in reply.fusion_weights}
+        return list(reply.candidates), weights

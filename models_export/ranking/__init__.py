@@ -1,0 +1,1 @@
+"""Offline training, export and evaluation of the ranker and its GRADE fusion."""
