@@ -85,6 +85,7 @@ class Stack:
     gateway_proc: subprocess.Popen[bytes]
     logs: Path
     query_understanding: ServiceProcess | None = None
+    ranking: ServiceProcess | None = None
 
     def request(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
@@ -128,13 +129,17 @@ def start_stack(
     gateway_env: Mapping[str, str] | None = None,
     retrieval_env: Mapping[str, str] | None = None,
     query_understanding: bool | None = None,
+    ranking: bool | None = None,
+    ranking_env: Mapping[str, str] | None = None,
     ready_timeout: float = 180.0,
 ) -> Stack:
-    """Start retrieval, query understanding (``None``: when the artifact has its models)
-    and the gateway; return once the gateway's ``/readyz`` is 200 and query understanding
-    is SERVING."""
+    """Start retrieval, query understanding and ranking (``None``: when the artifact has
+    their models) and the gateway; return once the gateway's ``/readyz`` is 200 and the
+    optional services are SERVING."""
     if query_understanding is None:
         query_understanding = has_query_understanding(artifact_root)
+    if ranking is None:
+        ranking = has_ranker(artifact_root)
     rport, gport = free_port(), free_port()
     common = {"GENSEARCH_ARTIFACT_DIR": str(artifact_root)}
     retrieval = stack.enter_context(
@@ -151,6 +156,11 @@ def start_stack(
         )
     )
     qu = start_service(stack, QU, artifact_root, logs, wait=False) if query_understanding else None
+    rk = (
+        start_service(stack, RANKING, artifact_root, logs, env=ranking_env, wait=False)
+        if ranking
+        else None
+    )
     gateway = stack.enter_context(
         running_process(
             ["-m", "services.gateway"],
@@ -159,6 +169,7 @@ def start_stack(
                 "GENSEARCH_GATEWAY_PORT": str(gport),
                 "GENSEARCH_GATEWAY_RETRIEVAL_ADDR": f"127.0.0.1:{rport}",
                 "GENSEARCH_GATEWAY_QUERY_UNDERSTANDING_ADDR": f"127.0.0.1:{qu.port}" if qu else "",
+                "GENSEARCH_GATEWAY_RANKING_ADDR": f"127.0.0.1:{rk.port}" if rk else "",
                 "GENSEARCH_GATEWAY_REDIS_URL": redis_url,
                 "GENSEARCH_GATEWAY_REDIS_KEY_PREFIX": f"gs{gport}",
                 "GENSEARCH_GATEWAY_BREAKER_RESET_SECONDS": "0.5",
@@ -167,16 +178,16 @@ def start_stack(
             logs / "gateway.log",
         )
     )
-    s = Stack(f"http://127.0.0.1:{gport}", rport, retrieval, gateway, logs, qu)
+    s = Stack(f"http://127.0.0.1:{gport}", rport, retrieval, gateway, logs, qu, rk)
     procs = [(retrieval, "retrieval"), (gateway, "gateway")]
-    if qu is not None:
-        procs.append((qu.proc, qu.name))
+    optional = [p for p in (qu, rk) if p is not None]
+    procs += [(p.proc, p.name) for p in optional]
 
     def ready() -> bool:
         for proc, name in procs:
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited early; see {logs / (name + '.log')}")
-        if qu is not None and health(qu.port) != "SERVING":
+        if any(health(p.port) != "SERVING" for p in optional):
             return False
         try:
             return s.request("GET", "/readyz")[0] == 200
@@ -195,6 +206,14 @@ def has_query_understanding(artifact_root: Path) -> bool:
     return ArtifactRepository(artifact_root).open().has(LEXICON_FILE)
 
 
+def has_ranker(artifact_root: Path) -> bool:
+    """Whether the CURRENT version under ``artifact_root`` has the ranking models."""
+    from services.common.artifacts import ArtifactRepository
+    from services.ranking.model import RANKER_MODEL
+
+    return ArtifactRepository(artifact_root).open().has(RANKER_MODEL)
+
+
 @dataclass(frozen=True)
 class ServiceKind:
     """How to start one gRPC service: its module, name and settings' env prefix."""
@@ -206,6 +225,7 @@ class ServiceKind:
 
 RETRIEVAL = ServiceKind("services.retrieval", "retrieval", "GENSEARCH_RETRIEVAL_")
 QU = ServiceKind("services.query_understanding", "query_understanding", "GENSEARCH_QU_")
+RANKING = ServiceKind("services.ranking", "ranking", "GENSEARCH_RANKING_")
 
 
 @dataclass

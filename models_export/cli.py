@@ -40,6 +40,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
         "generator with vs without query-understanding keywords (same budget)",
     ),
     ("evaluate-spelling", "models_export.spelling_eval", "spelling correction on typo'd queries"),
+    ("report-ranking", "models_export.ranking.report", "the ranker's two-stage test evaluation"),
 ]
 
 

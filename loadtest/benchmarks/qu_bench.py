@@ -54,7 +54,7 @@ def derived_queries(root: Path, version: str) -> list[str]:
     return sorted({q for s, q in zip(table["split"], table["query"], strict=True) if s == "test"})
 
 
-def _stats(seconds: Sequence[float]) -> dict[str, float]:
+def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
     ms = np.asarray(seconds) * 1000.0
     return {
         "n": len(ms),
@@ -84,7 +84,7 @@ def run(root: Path, n: int, warmup: int, redis_url: str) -> dict[str, Any]:
             stub.Understand(request, timeout=5)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
-        out["understand_batch1"] = _stats(times)
+        out["understand_batch1"] = latency_stats(times)
         for size in (16, 64):
             batches = [queries[i : i + size] for i in range(0, len(queries) - size + 1, size)]
             start = time.perf_counter()
@@ -105,8 +105,8 @@ def run(root: Path, n: int, warmup: int, redis_url: str) -> dict[str, Any]:
                 status, body = s.search(query=q, k=k, debug=True)
                 if status == 200 and i >= warmup:
                     stage[label].append(body["timings_ms"]["query_understanding"] / 1000.0)
-        out["gateway_stage_uncached"] = _stats(stage["uncached"])
-        out["gateway_stage_cached"] = _stats(stage["cached"])
+        out["gateway_stage_uncached"] = latency_stats(stage["uncached"])
+        out["gateway_stage_cached"] = latency_stats(stage["cached"])
         # whole searches, with and without the stage: a second stack without it, the same
         # new queries sent to both in turn (every query new to both caches)
         logs_off = Path(logs) / "without"
@@ -119,8 +119,8 @@ def run(root: Path, n: int, warmup: int, redis_url: str) -> dict[str, Any]:
                 status, _ = target.search(query=f"{q} search {i}", k=10)
                 if status == 200 and i >= warmup:
                     search[label].append(time.perf_counter() - start)
-        out["search_with_qu"] = _stats(search["with"])
-        out["search_without_qu"] = _stats(search["without"])
+        out["search_with_qu"] = latency_stats(search["with"])
+        out["search_without_qu"] = latency_stats(search["without"])
     p99 = out["understand_batch1"]["p99_ms"]
     return {
         "command": f"python -m loadtest.benchmarks.qu_bench --n {n}"

@@ -32,6 +32,8 @@ from models_export.ranking.grade import (
 from models_export.ranking.lists import RankList, build_lists, labels, list_inputs
 from models_export.ranking.metrics import auc, gauc, paired_bootstrap
 from models_export.ranking.mtl import MtlConfig, export_ranker, predict, train_ranker
+from models_export.ranking.report import RANKING_EVAL_FILE
+from services.common.text_encoder import TEXT_ENCODER_MODEL
 from services.ranking.features import FEATURES_FILE, FeatureSpec, user_features
 from services.ranking.fusion import OBJECTIVES, PREDICTED
 from services.ranking.loader import RANKING_FUSION_FILE
@@ -43,7 +45,6 @@ from services.retrieval.fusion import FusionPolicy
 if TYPE_CHECKING:
     from models_export.pipeline import BuildContext
 
-RANKING_EVAL_FILE = "ranking/eval.json"
 SEED = 23
 #: lists per query kind: (valid, test)
 FULL_CASES = (None, 3000)
@@ -56,6 +57,11 @@ def step_ranking(ctx: BuildContext) -> str:
         return "skipped: the catalog has no item text (no derived queries to rank for)"
     t0 = time.perf_counter()
     vdir = ctx.version_dir
+    missing = [
+        rel for rel in (TEXT_ENCODER_MODEL, RETRIEVAL_FUSION_FILE) if not (vdir / rel).is_file()
+    ]
+    if missing:
+        return f"skipped: the version has no {' / '.join(missing)} (the ranker's query features)"
     data = load_from_dir(vdir, with_embeddings=True)
     assert data.embeddings is not None
     spec = FeatureSpec.build(data.item_ids, data.categories, data.brands, data.train_histories)

@@ -55,9 +55,16 @@ async def materialize(store: FeatureStore, artifacts: ArtifactSet) -> dict[str, 
         await store.put_users(
             version, {u: h[-MAX_HISTORY:] for u, h in users[start : start + _BATCH]}
         )
+    done = {"items": len(items), "users": len(users)}
+    if isinstance(store, RedisStore) and artifacts.has(FEATURES_FILE):
+        # the ranking service's features, in the same Redis under the same prefix (the
+        # in-process store is one gateway's own: without Redis, ranking computes them)
+        spec = FeatureSpec.load(artifacts.path)
+        done |= await write_features(store.client, store.keys.prefix, version, spec, histories)
+    # written last: the gateway takes its presence as "this version is materialised"
     popular = [item for item, _ in counts.most_common(POPULAR_SIZE)]
     await store.put_popular(version, popular)
-    return {"items": len(items), "users": len(users), "popular": len(popular)}
+    return {**done, "popular": len(popular)}
 
 
 def main() -> None:
@@ -80,12 +87,6 @@ def main() -> None:
         )
         start = time.perf_counter()
         counts = await materialize(store, artifacts)
-        if artifacts.has(FEATURES_FILE):  # the ranking service's features, same Redis
-            spec = FeatureSpec.load(artifacts.path)
-            histories = serving_histories(artifacts.path(USERS_TABLE))
-            counts |= await write_features(
-                store.client, args.prefix, artifacts.version, spec, histories
-            )
         await store.close()
         took = time.perf_counter() - start
         print(f"materialized version {artifacts.version}: {counts} in {took:.1f}s")

@@ -26,6 +26,7 @@ from services.ranking.features import (
     COLD_ITEM,
     COLD_USER,
     FeatureSpec,
+    RankInputs,
     UserFeatures,
     assemble,
     history_rows,
@@ -128,11 +129,17 @@ class Ranker:
     async def rank(self, request: ranking_pb2.RankRequest) -> ranking_pb2.RankResponse:
         self.validate(request)
         t0 = time.perf_counter()
+        user, inputs = await self.request_inputs(request)
+        STAGE_SECONDS.labels("features").observe(time.perf_counter() - t0)
+        return self.rank_inputs(request, user, inputs, t0)
+
+    async def request_inputs(
+        self, request: ranking_pb2.RankRequest
+    ) -> tuple[UserFeatures, RankInputs]:
+        """The served features of a request: read (one round trip), then assembled."""
         ids = [c.item_id for c in request.candidates]
         stored_user, stored_items = await self.features.fetch(request.user.user_id, ids)
-        t1 = time.perf_counter()
-        STAGE_SECONDS.labels("features").observe(t1 - t0)
-        return self.rank_with(request, stored_user, stored_items, t0)
+        return self.assemble_request(request, stored_user, stored_items)
 
     def user_for(
         self, request: ranking_pb2.RankRequest, stored: UserFeatures | None
@@ -152,15 +159,13 @@ class Ranker:
             return self.encoder.encode([request.query])[0]
         return None
 
-    def rank_with(
+    def assemble_request(
         self,
         request: ranking_pb2.RankRequest,
         stored_user: UserFeatures | None,
         stored_items: list[tuple[float, ...] | None],
-        started: float,
-    ) -> ranking_pb2.RankResponse:
-        """Everything after the feature read (synchronous: numpy and ONNX)."""
-        t1 = time.perf_counter()
+    ) -> tuple[UserFeatures, RankInputs]:
+        """Defaults for what the store did not have, then ``features.assemble``."""
         user = self.user_for(request, stored_user)
         items: list[tuple[float, ...]] = []
         for values in stored_items:
@@ -173,12 +178,20 @@ class Ranker:
             [_SOURCES[s] for s in c.sources if s in _SOURCES] or [_SOURCES.get(c.source, "ann")]
             for c in request.candidates
         ]
-        inputs = assemble(
-            self.spec, self.item_vectors, user, items, sources, self.query_vector(request)
-        )
+        vector = self.query_vector(request)
+        return user, assemble(self.spec, self.item_vectors, user, items, sources, vector)
+
+    def rank_inputs(
+        self,
+        request: ranking_pb2.RankRequest,
+        user: UserFeatures,
+        inputs: RankInputs,
+        started: float,
+    ) -> ranking_pb2.RankResponse:
+        """Model, policy, blend (synchronous: numpy and ONNX)."""
         t2 = time.perf_counter()
         probs = self.model.predict(stack([inputs]))[0]
-        scores = objective_scores(probs, inputs.dense[:, 7])
+        scores = objective_scores(probs, inputs)
         t3 = time.perf_counter()
         weights = self.policy.weights(policy_context(user, request.query, scores)[None, :])[0]
         explored = bool(
@@ -202,11 +215,10 @@ class Ranker:
                 for t, o in enumerate(OBJECTIVES)
             )
             out.append(c)
-        STAGE_SECONDS.labels("assemble").observe(t2 - t1)
         STAGE_SECONDS.labels("model").observe(t3 - t2)
         STAGE_SECONDS.labels("fusion").observe(t4 - t3)
         STAGE_SECONDS.labels("total").observe(time.perf_counter() - started)
-        CANDIDATES.observe(len(items))
+        CANDIDATES.observe(len(inputs.item_row))
         for o, w in zip(OBJECTIVES, weights, strict=True):
             WEIGHT.labels(o).observe(float(w))
         weight_log.info(

@@ -19,9 +19,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-#: the objectives in the order of the score columns; the model predicts the first three,
-#: ``popularity`` is a prior computed from the training histories
-OBJECTIVES: tuple[str, ...] = ("conversion", "relevance", "affinity", "popularity")
+#: the objectives in the order of the score columns; the model predicts the first three;
+#: ``popularity`` (training-history interactions, log-scaled to [0, 1]) and ``retrieval``
+#: (the retriever's rank discount 1 / log2(rank + 2)) are priors the blend may weigh, so
+#: a weighting can always fall back to the retrieval order
+OBJECTIVES: tuple[str, ...] = ("conversion", "relevance", "affinity", "popularity", "retrieval")
 PREDICTED: tuple[str, ...] = OBJECTIVES[:3]
 RELEVANCE = OBJECTIVES.index("relevance")
 BLENDS: tuple[str, ...] = ("additive", "multiplicative")

@@ -72,9 +72,9 @@ def load_ranker(settings: RankingSettings) -> Ranker:
         query="warm up",
         candidates=[common_pb2.Candidate(item_id=i) for i in spec.item_ids[:100]],
     )
-    inputs_user, inputs_items = None, [None] * len(warm.candidates)
     for _ in range(3):
-        ranker.rank_with(warm, inputs_user, list(inputs_items), time.perf_counter())
+        user, inputs = ranker.assemble_request(warm, None, [None] * len(warm.candidates))
+        ranker.rank_inputs(warm, user, inputs, time.perf_counter())
     log.info(
         "ranker loaded",
         extra={

@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from services.ranking.features import RankInputs, stack
+from services.ranking.features import DENSE_FEATURES, RankInputs, stack
 from services.ranking.fusion import OBJECTIVES, PREDICTED
 
 RANKER_MODEL_NAME = "ranking_mtl"
 RANKER_MODEL = f"models/{RANKER_MODEL_NAME}/1/model.onnx"
 POPULARITY = OBJECTIVES.index("popularity")
+RETRIEVAL = OBJECTIVES.index("retrieval")
 
 
 class MultiTaskModel:
@@ -34,12 +35,13 @@ class MultiTaskModel:
         return np.asarray(probs)
 
 
-def objective_scores(predicted: np.ndarray, popularity: np.ndarray) -> np.ndarray:
-    """[C, len(OBJECTIVES)]: the model's predictions and the popularity prior (the dense
-    feature ``popularity``, log1p(train interactions) scaled to [0, 1])."""
+def objective_scores(predicted: np.ndarray, inputs: RankInputs) -> np.ndarray:
+    """[C, len(OBJECTIVES)]: the model's predictions and the priors, read from the list's
+    dense features (``popularity``; ``retrieval_rank_discount`` for ``retrieval``)."""
     out = np.zeros((predicted.shape[0], len(OBJECTIVES)), dtype=np.float32)
     out[:, : len(PREDICTED)] = predicted
-    out[:, POPULARITY] = popularity
+    out[:, POPULARITY] = inputs.dense[:, DENSE_FEATURES.index("popularity")]
+    out[:, RETRIEVAL] = inputs.dense[:, DENSE_FEATURES.index("retrieval_rank_discount")]
     return out
 
 
@@ -49,6 +51,4 @@ def score_lists(model: MultiTaskModel, lists: list[RankInputs]) -> list[np.ndarr
         return []
     feeds = stack(lists)
     probs = model.predict(feeds)
-    return [
-        objective_scores(probs[i, : len(x.item_row)], x.dense[:, 7]) for i, x in enumerate(lists)
-    ]
+    return [objective_scores(probs[i, : len(x.item_row)], x) for i, x in enumerate(lists)]

@@ -11,10 +11,12 @@ from prometheus_client import REGISTRY
 
 import services.gateway.metrics  # registers the gateway metrics
 import services.query_understanding.metrics
+import services.ranking.metrics
 import services.retrieval.metrics  # noqa: F401
 from services.common.config import ServiceSettings
 from services.gateway.config import GatewaySettings
 from services.query_understanding.config import QueryUnderstandingSettings
+from services.ranking.config import RankingSettings
 from services.retrieval.config import RetrievalSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,6 +25,7 @@ SETTINGS = {
     "GENSEARCH_GATEWAY_": GatewaySettings,
     "GENSEARCH_RETRIEVAL_": RetrievalSettings,
     "GENSEARCH_QU_": QueryUnderstandingSettings,
+    "GENSEARCH_RANKING_": RankingSettings,
 }
 
 
