@@ -86,6 +86,7 @@ class Stack:
     logs: Path
     query_understanding: ServiceProcess | None = None
     ranking: ServiceProcess | None = None
+    retrieval_metrics_port: int = 0
 
     def request(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
@@ -140,7 +141,7 @@ def start_stack(
         query_understanding = has_query_understanding(artifact_root)
     if ranking is None:
         ranking = has_ranker(artifact_root)
-    rport, gport = free_port(), free_port()
+    rport, gport, rmetrics = free_port(), free_port(), free_port()
     common = {"GENSEARCH_ARTIFACT_DIR": str(artifact_root)}
     retrieval = stack.enter_context(
         running_process(
@@ -148,7 +149,7 @@ def start_stack(
             {
                 **common,
                 "GENSEARCH_RETRIEVAL_PORT": str(rport),
-                "GENSEARCH_RETRIEVAL_METRICS_PORT": str(free_port()),
+                "GENSEARCH_RETRIEVAL_METRICS_PORT": str(rmetrics),
                 "GENSEARCH_RETRIEVAL_GRACE_SECONDS": "1",
                 **(retrieval_env or {}),
             },
@@ -178,7 +179,7 @@ def start_stack(
             logs / "gateway.log",
         )
     )
-    s = Stack(f"http://127.0.0.1:{gport}", rport, retrieval, gateway, logs, qu, rk)
+    s = Stack(f"http://127.0.0.1:{gport}", rport, retrieval, gateway, logs, qu, rk, rmetrics)
     procs = [(retrieval, "retrieval"), (gateway, "gateway")]
     optional = [p for p in (qu, rk) if p is not None]
     procs += [(p.proc, p.name) for p in optional]
