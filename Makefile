@@ -3,10 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-EXTRAS ?= train,dev
+EXTRAS ?= train,dev,loadtest
 export GENSEARCH_DATA_DIR ?= ../shared/data
 
-.PHONY: setup protos lint test test-artifacts test-fast artifacts artifacts-quick run bench clean
+.PHONY: setup protos lint test test-artifacts test-fast artifacts artifacts-quick run loadtest bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,15 @@ artifacts-quick: setup
 
 run: setup
 	$(PY) -m services.stack
+
+# Starts the local stack on $GENSEARCH_ARTIFACT_DIR (default ./artifacts), runs Locust
+# headless and fails when the run misses loadtest/slo.yaml. More options:
+# make loadtest LOADTEST_ARGS="--users 32 --duration 120s --shape spike --grpc"
+LOADTEST_OUT ?= .cache/loadtest
+LOADTEST_ARGS ?=
+loadtest: setup
+	@$(PY) -c "import locust" 2>/dev/null || $(PIP) install --quiet -e ".[loadtest]"
+	$(PY) -m loadtest.run --start-stack --out $(LOADTEST_OUT) $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) services/common/generated .pytest_cache .mypy_cache .ruff_cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -73,6 +75,57 @@ def running_process(
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+
+class RedisServer:
+    """A ``redis-server`` of our own on a free port (never the machine's shared one); a
+    restart (``stop`` then ``start``) keeps the port and comes back empty."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            try:
+                if client.ping():
+                    return
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
 
 
 @dataclass
@@ -248,10 +301,14 @@ def start_service(
     env: Mapping[str, str] | None = None,
     ready_timeout: float = 180.0,
     wait: bool = True,
+    port: int = 0,
+    metrics_port: int = 0,
+    log_name: str = "",
 ) -> ServiceProcess:
-    """Start ``python -m <kind.module>``; return once its health is SERVING (``wait``)."""
-    port, metrics_port = free_port(), free_port()
-    log = logs / f"{kind.name}.log"
+    """Start ``python -m <kind.module>`` (on free ports unless ``port``/``metrics_port``
+    are given: a restart in place); return once its health is SERVING (``wait``)."""
+    port, metrics_port = port or free_port(), metrics_port or free_port()
+    log = logs / (log_name or f"{kind.name}.log")
     p = kind.env_prefix
     proc = stack.enter_context(
         running_process(

@@ -21,6 +21,7 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi import Path as FastApiPath
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.artifacts import ArtifactRepository
@@ -100,6 +101,9 @@ class ObserveMiddleware:
 class Readiness:
     ready: bool = False
     reason: str = "starting"
+    # once true, searches are answered whatever the readiness (a stage that is down
+    # degrades them, or answers 503 for what cannot be served); before, 503 "starting"
+    served_once: bool = False
     # health of each configured optional stage; not needed for readiness (a search
     # degrades without them), shown so that operators and the local stack can see them
     stages: dict[str, str] = field(default_factory=dict)
@@ -189,7 +193,16 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
             readiness.ready, readiness.reason = False, f"retrieval is {status}"
             return
         if not await store.ping():
-            readiness.ready, readiness.reason = False, f"{store.kind} store unreachable"
+            # Every gateway shares the store: taking them all out of rotation would turn
+            # a cache outage into a search outage. Once serving, stay ready (answers are
+            # served with misses); before the first materialisation there is nothing yet.
+            readiness.ready = readiness.served_once
+            readiness.reason = (
+                f"serving {service.version} without the {store.kind} store (unreachable: "
+                "every feature lookup is a miss)"
+                if readiness.served_once
+                else f"{store.kind} store unreachable"
+            )
             return
         version = service.version
         try:
@@ -200,7 +213,12 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
         if await store.popular(version) is None:
             readiness.reason = f"materializing features of {version} into the {store.kind} store"
             artifacts = ArtifactRepository(settings.artifact_dir).open(version)
-            counts = await materialize(store, artifacts)
+            try:
+                counts = await materialize(store, artifacts)
+            except (RedisError, OSError, TimeoutError) as exc:  # the store failed midway
+                readiness.ready = readiness.served_once
+                readiness.reason = f"materializing {version} failed ({exc}); retrying"
+                return
             log.info("materialized", extra={"version": version, **counts})
             # The in-process store's features live as long as the process: keep the
             # cyclic garbage collector from scanning them again on every full collection.
@@ -209,6 +227,7 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
             d.stage: await d.health() for d in (service.qu, service.ranking) if d is not None
         }
         readiness.ready, readiness.reason = True, f"serving {version}"
+        readiness.served_once = True
 
     async def watch_readiness() -> None:
         while True:
@@ -282,7 +301,7 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
     guarded = [Depends(access_control)] if key_hashes else []
 
     async def answer_search(body: SearchRequest, request_id: str) -> Response:
-        if not readiness.ready:
+        if not readiness.served_once:
             raise ApiError(503, f"not ready: {readiness.reason}", {"Retry-After": "1"})
         try:
             answer = await parts().service.search(body, request_id)
@@ -319,7 +338,7 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
     async def get_item(
         item_id: Annotated[str, FastApiPath(pattern=ID_PATTERN, description="Catalog item id")],
     ) -> ItemResponse:
-        if not readiness.ready:
+        if not readiness.served_once:
             raise ApiError(503, f"not ready: {readiness.reason}", {"Retry-After": "1"})
         c = parts()
         version = c.service.version
