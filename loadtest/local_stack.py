@@ -210,8 +210,16 @@ def start_stack(
         )
     )
     qu = start_service(stack, QU, artifact_root, logs, wait=False) if query_understanding else None
+    # with Redis, ranking reads the features the gateway materialises, under its prefix
+    rk_env = (
+        {"GENSEARCH_RANKING_REDIS_URL": redis_url, "GENSEARCH_RANKING_REDIS_PREFIX": f"gs{gport}"}
+        if redis_url
+        else {}
+    )
     rk = (
-        start_service(stack, RANKING, artifact_root, logs, env=ranking_env, wait=False)
+        start_service(
+            stack, RANKING, artifact_root, logs, env={**rk_env, **(ranking_env or {})}, wait=False
+        )
         if ranking
         else None
     )

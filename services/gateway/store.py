@@ -188,15 +188,22 @@ class RedisStore:
         await self.client.aclose()
 
 
+#: the in-process cache's bound: a long-running gateway must not grow without limit
+DEFAULT_CACHE_MAX_BYTES = 32 * 1024 * 1024
+
+
 class InMemoryStore:
     """The embedded default: the same interface in process memory (one gateway only)."""
 
     kind = "memory"
 
-    def __init__(self) -> None:
+    def __init__(self, cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES) -> None:
         self._users: dict[tuple[str, str], list[str]] = {}
         self._items: dict[tuple[str, str], ItemFeatures] = {}
+        # insertion-ordered: the oldest entries go first when the cache is over its bytes
         self._cache: dict[str, tuple[float, bytes]] = {}
+        self._cache_bytes = 0
+        self.cache_max_bytes = cache_max_bytes
         self._buckets: dict[str, tuple[float, float]] = {}
         self._popular: dict[str, list[str]] = {}
 
@@ -213,15 +220,28 @@ class InMemoryStore:
     async def cache_get(self, key: str) -> bytes | None:
         entry = self._cache.get(key)
         if entry is None or entry[0] < time.monotonic():
-            self._cache.pop(key, None)
+            self._drop(key)
             return None
         return entry[1]
 
+    def _drop(self, key: str) -> None:
+        entry = self._cache.pop(key, None)
+        if entry is not None:
+            self._cache_bytes -= len(key) + len(entry[1])
+
     async def cache_set(self, key: str, value: bytes, ttl_seconds: int) -> None:
-        if ttl_seconds > 0:
-            if len(self._cache) > 100_000:
-                self._cache.clear()
-            self._cache[key] = (time.monotonic() + ttl_seconds, value)
+        if ttl_seconds <= 0 or len(key) + len(value) > self.cache_max_bytes:
+            return
+        self._drop(key)
+        self._cache[key] = (time.monotonic() + ttl_seconds, value)
+        self._cache_bytes += len(key) + len(value)
+        while self._cache_bytes > self.cache_max_bytes:  # oldest first
+            self._drop(next(iter(self._cache)))
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes of keys and values held by the result / understanding cache."""
+        return self._cache_bytes
 
     async def take_token(self, bucket: str, rate: float, burst: int) -> tuple[bool, float]:
         now = time.monotonic()

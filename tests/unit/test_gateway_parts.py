@@ -79,6 +79,19 @@ async def test_memory_store_round_trip_and_ttl() -> None:
     assert await store.cache_get("gone") is None
 
 
+async def test_memory_cache_is_bounded_by_bytes_oldest_first() -> None:
+    store = InMemoryStore(cache_max_bytes=1000)
+    for i in range(50):
+        await store.cache_set(f"k{i:02d}", b"x" * 97, ttl_seconds=60)  # 100 bytes each
+    assert store.cache_bytes <= 1000
+    assert await store.cache_get("k00") is None, "the oldest went first"
+    assert await store.cache_get("k49") == b"x" * 97
+    await store.cache_set("k49", b"y", ttl_seconds=60)  # replacing counts once
+    assert store.cache_bytes == 9 * 100 + 3 + 1
+    await store.cache_set("huge", b"z" * 5000, ttl_seconds=60)
+    assert await store.cache_get("huge") is None, "an entry over the bound is not kept"
+
+
 async def test_memory_token_bucket_limits_then_refills() -> None:
     store = InMemoryStore()
     results = [await store.take_token("key", rate=20.0, burst=3) for _ in range(4)]
