@@ -5,9 +5,10 @@ sampled; reports growth after warm-up and errors. A script, not part of CI.
 [--threads 3]`` starts the stack on its own Redis (``redis-server`` on a free port; the
 ranking service reads its features from it), keeps ``--threads`` clients sending searches
 (REAL WANDS and DERIVED queries made new to the result cache; one in three repeats a
-recent one, so caches hit as in production) and feeds, and samples every process's RSS (``/proc/<pid>/status``) every
-``--sample-seconds``. Growth = last minute's mean RSS against the mean of the minute
-after warm-up. Target (issue 21): under 10 % growth after warm-up, zero errors.
+recent one, so caches hit as in production) and feeds, and samples every process's RSS
+(``/proc/<pid>/status``) every ``--sample-seconds``. Growth = last minute's mean RSS
+against the mean of the minute after warm-up. Target (issue 21): under 10 % growth
+after warm-up, zero errors.
 """
 
 from __future__ import annotations
