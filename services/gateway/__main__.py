@@ -19,7 +19,7 @@ def main() -> None:
         port=settings.port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=round(settings.grace_seconds),
     )
 
 

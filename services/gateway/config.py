@@ -18,6 +18,9 @@ class GatewaySettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    grace_seconds: float = Field(
+        5.0, ge=0, le=120, description="on SIGTERM: time to finish in-flight requests"
+    )
     # Required: the one stage without which no search can be answered.
     retrieval_addr: str = Field(..., description="host:port of the retrieval service")
     query_understanding_addr: str = Field("", description="optional; empty disables the stage")
