@@ -46,6 +46,7 @@ class DynamicBatcher(Generic[T, R]):
         max_queue_delay: float,
         key: Callable[[T], Hashable] = lambda _item: None,
         on_batch: Callable[[int, float], None] | None = None,
+        on_queue: Callable[[float], None] | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
@@ -54,6 +55,8 @@ class DynamicBatcher(Generic[T, R]):
         self._max_delay = max_queue_delay
         self._key = key
         self._on_batch = on_batch
+        # called with each request's wait from submit() to the start of its batch
+        self._on_queue = on_queue
         self._queue: asyncio.Queue[_Pending[T, R]] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
         self._task: asyncio.Task[None] | None = None
@@ -99,6 +102,9 @@ class DynamicBatcher(Generic[T, R]):
             for group in groups.values():
                 items = [p.item for p in group]
                 start = time.perf_counter()
+                if self._on_queue is not None:
+                    for p in group:
+                        self._on_queue(start - p.enqueued)
                 try:
                     results = await loop.run_in_executor(self._executor, self._process, items)
                 except Exception as exc:

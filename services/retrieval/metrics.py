@@ -16,6 +16,11 @@ BATCH_SECONDS = Histogram(
     "Time to decode one batch (all steps).",
     buckets=LATENCY_BUCKETS,
 )
+QUEUE_SECONDS = Histogram(
+    "gensearch_retrieval_queue_seconds",
+    "Time a request waits in the dynamic batcher before its batch starts decoding.",
+    buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2),
+)
 DECODE_STEPS = Counter(
     "gensearch_retrieval_decode_steps_total", "Decoder steps run (one per SID level per batch)."
 )

@@ -17,6 +17,7 @@ from services.retrieval.batching import DynamicBatcher
 from services.retrieval.config import RetrievalSettings
 from services.retrieval.engine import DecodeJob, RetrievalEngine
 from services.retrieval.hybrid import collect, start_side_sources
+from services.retrieval.metrics import QUEUE_SECONDS
 
 SERVICE_NAME = "gensearch.retrieval.v1.RetrievalService"
 MAX_BATCH_REQUESTS = 64
@@ -45,6 +46,7 @@ class RetrievalApp(retrieval_pb2_grpc.RetrievalServiceServicer):
             max_batch_size=self.settings.max_batch_size,
             max_queue_delay=self.settings.max_queue_delay_ms / 1000.0,
             key=lambda job: (job.beam_width, id(job.trie)),
+            on_queue=QUEUE_SECONDS.observe,
         )
         self.batcher.start()
         self.engine = engine

@@ -40,6 +40,17 @@ async def test_concurrent_items_meet_in_one_batch_in_order() -> None:
     assert rec.batches == [[0, 1, 2, 3, 4]]
 
 
+async def test_queue_waits_are_reported_per_request() -> None:
+    rec = Recorder()
+    waits: list[float] = []
+    batcher = DynamicBatcher(rec, max_batch_size=8, max_queue_delay=0.02, on_queue=waits.append)
+    batcher.start()
+    await asyncio.gather(*(batcher.submit(i) for i in range(5)))
+    await batcher.close()
+    assert len(waits) == 5 and all(w >= 0 for w in waits)
+    assert max(waits) >= 0.015, "the batch waited for company up to max_queue_delay"
+
+
 async def test_batches_never_exceed_max_size() -> None:
     rec = Recorder()
     batcher = DynamicBatcher(rec, max_batch_size=3, max_queue_delay=0.05)
