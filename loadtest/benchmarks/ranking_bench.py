@@ -100,8 +100,10 @@ def run(root: Path, n: int, warmup: int, redis_url: str) -> dict[str, Any]:
                     times.append(time.perf_counter() - start)
             out[f"rank_{size}"] = latency_stats(times)
         search_logs = Path(logs) / "stacks"
-        on = start_stack(stack, root, search_logs / "on", ranking=True)
-        off = start_stack(stack, root, search_logs / "off", ranking=False)
+        for sub in ("on", "off"):
+            (search_logs / sub).mkdir(parents=True)
+        on = start_stack(stack, root, search_logs / "on", redis_url=redis_url, ranking=True)
+        off = start_stack(stack, root, search_logs / "off", redis_url=redis_url, ranking=False)
         search: dict[str, list[float]] = {"with": [], "without": []}
         for i, q in enumerate(queries):
             for label, target in (("with", on), ("without", off)):
