@@ -41,6 +41,8 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
+import grpc
+
 from loadtest.benchmarks.workload import load_workload
 from loadtest.local_stack import (
     QU,
@@ -52,6 +54,7 @@ from loadtest.local_stack import (
     Stack,
     start_service,
     start_stack,
+    wait_for,
 )
 from models_export.dataset_files import wands_queries
 from models_export.result_files import write_results
@@ -238,6 +241,129 @@ def sigterm_scenario(
     }
 
 
+def settle(stack: Stack, timeout: float = 20.0) -> None:
+    """Wait until a search is answered whole again (breakers closed after a scenario)."""
+
+    def whole() -> bool:
+        status, body = post_search(stack.base, {"query": f"settle {time.monotonic_ns()}", "k": 5})
+        return status == 200 and isinstance(body, dict) and not body.get("degraded")
+
+    wait_for(whole, timeout, "a whole answer", interval=0.2)
+
+
+def in_flight(metrics_port: int) -> float:
+    """Calls the service is handling now (its ``gensearch_grpc_server_in_flight`` sum)."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=1) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return 0.0
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("gensearch_grpc_server_in_flight{")
+    )
+
+
+#: per service: a call that keeps the service busy for a while, built from the stack's data
+DrainCall = Callable[[grpc.Channel, int], Any]
+
+
+def drain_scenario(
+    name: str,
+    port: int,
+    metrics_port: int,
+    call: DrainCall,
+    signal_it: Callable[[], None],
+    calls: int = 6,
+) -> dict[str, Any]:
+    """Concurrent calls straight to the service; SIGTERM once its own in-flight gauge shows
+    them all accepted; every one of them must complete OK (the graceful drain)."""
+    results: list[str] = []
+    lock = threading.Lock()
+
+    # connected first: a call still setting up its connection is not in flight
+    channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for _ in range(calls)]
+    for channel in channels:
+        grpc.channel_ready_future(channel).result(timeout=10)
+
+    def one(i: int) -> None:
+        try:
+            call(channels[i], i)
+            outcome = "OK"
+        except grpc.RpcError as exc:
+            outcome = exc.code().name if hasattr(exc, "code") else "ERROR"
+        with lock:
+            results.append(outcome)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(calls)]
+    for t in threads:
+        t.start()
+    seen = 0.0
+    end = time.monotonic() + 2
+    while time.monotonic() < end and seen < calls:  # until the service handles them all
+        seen = max(seen, in_flight(metrics_port))
+        if seen < calls:
+            time.sleep(0.001)
+    signal_it()
+    for t in threads:
+        t.join(timeout=30)
+    for channel in channels:
+        channel.close()
+    ok = sum(r == "OK" for r in results)
+    return {
+        "scenario": f"SIGTERM {name} with calls in flight",
+        "in_flight": int(seen),
+        "calls": calls,
+        "failed": calls - ok,
+        # the calls the service had accepted when it was told to stop must all complete
+        "in_flight_failed": max(0, int(seen) - ok),
+        "statuses": dict(Counter(results)),
+    }
+
+
+def _drain_calls(root: Path) -> dict[str, DrainCall]:
+    """Per service, a call heavy enough to be caught in flight (derived queries)."""
+    from services.common.generated.gensearch.common.v1 import common_pb2
+    from services.common.generated.gensearch.query_understanding.v1 import (
+        query_understanding_pb2 as qu_pb2,
+    )
+    from services.common.generated.gensearch.query_understanding.v1 import (
+        query_understanding_pb2_grpc as qu_grpc,
+    )
+    from services.common.generated.gensearch.ranking.v1 import ranking_pb2, ranking_pb2_grpc
+    from services.common.generated.gensearch.retrieval.v1 import (
+        retrieval_pb2,
+        retrieval_pb2_grpc,
+    )
+
+    workload = load_workload(root, 300)
+    queries = [q for q, _, _ in workload if q]
+    items = sorted({i for _, _, h in workload for i in h})[:400]
+
+    def retrieve(channel: grpc.Channel, i: int) -> Any:
+        request = retrieval_pb2.RetrieveRequest(query=queries[i], k=100, beam_width=64)
+        return retrieval_pb2_grpc.RetrievalServiceStub(channel).Retrieve(request, timeout=20)
+
+    def understand(channel: grpc.Channel, i: int) -> Any:
+        # 32 queries: about 0.1-0.2 s, well inside the drain's grace period
+        batch = [
+            qu_pb2.UnderstandRequest(query=f"{q} {i}", want_embedding=True) for q in queries[:32]
+        ]
+        stub = qu_grpc.QueryUnderstandingServiceStub(channel)
+        return stub.BatchUnderstand(qu_pb2.BatchUnderstandRequest(requests=batch), timeout=20)
+
+    def rank(channel: grpc.Channel, i: int) -> Any:
+        request = ranking_pb2.RankRequest(
+            query=queries[i],
+            candidates=[common_pb2.Candidate(item_id=x) for x in items],
+        )
+        return ranking_pb2_grpc.RankingServiceStub(channel).Rank(request, timeout=20)
+
+    return {"retrieval": retrieve, "query_understanding": understand, "ranking": rank}
+
+
 def _service_target(
     stack: ExitStack, root: Path, logs: Path, kind: ServiceKind, proc: ServiceProcess
 ) -> Target:
@@ -278,6 +404,11 @@ def run(root: Path, fault_seconds: float, only: Sequence[str]) -> dict[str, Any]
             "retrieval", s.retrieval_port, s.retrieval_metrics_port, s.retrieval_proc, logs
         )
         targets = {"retrieval": _service_target(stack, root, logs, RETRIEVAL, retrieval)}
+        # restarts keep the ports
+        ports = {"retrieval": (s.retrieval_port, s.retrieval_metrics_port)}
+        for p in (s.query_understanding, s.ranking):
+            if p is not None:
+                ports[p.name] = (p.port, p.metrics_port)
         for kind, proc in ((QU, s.query_understanding), (RANKING, s.ranking)):
             if proc is not None:
                 targets[kind.name] = _service_target(stack, root, logs, kind, proc)
@@ -297,6 +428,7 @@ def run(root: Path, fault_seconds: float, only: Sequence[str]) -> dict[str, Any]
         load.start()
         try:
             for target in chosen:
+                settle(s)
 
                 def healthy(o: Outcome, stage: str = target.stage) -> bool:
                     return o.status == 200 and stage not in o.degraded and not o.feed
@@ -309,7 +441,28 @@ def run(root: Path, fault_seconds: float, only: Sequence[str]) -> dict[str, Any]
             load.stop()
         for target in chosen:
             if target.name != "redis":
+                settle(s)
                 rows.append(sigterm_scenario(s, requests, target))
+        drain_calls = _drain_calls(root)
+        for target in chosen:
+            if target.name in ports:
+                settle(s)
+                port, metrics_port = ports[target.name]
+
+                def stop_and_restart(t: Target = target) -> None:
+                    t.kill(signal.SIGTERM)
+                    t.restart()
+
+                rows.append(
+                    drain_scenario(
+                        target.name,
+                        port,
+                        metrics_port,
+                        drain_calls[target.name],
+                        stop_and_restart,
+                    )
+                )
+        settle(s)
         gateway_row = gateway_sigterm(s, requests)
         rows.append(gateway_row)
     return {
@@ -377,7 +530,8 @@ def gateway_sigterm(stack: Stack, requests: Sequence[dict[str, Any]]) -> dict[st
 
 def markdown(doc: dict[str, Any]) -> str:
     kills = [r for r in doc["rows"] if r["scenario"].startswith("kill")]
-    terms = [r for r in doc["rows"] if r["scenario"].startswith("SIGTERM")]
+    terms = [r for r in doc["rows"] if r["scenario"].endswith("mid-burst")]
+    drains = [r for r in doc["rows"] if r["scenario"].endswith("in flight")]
     lines = [
         "# Fault tests under load",
         "",
@@ -394,11 +548,24 @@ def markdown(doc: dict[str, Any]) -> str:
             for r in kills
         ),
         "",
-        "| graceful stop | requests in flight | failed | degraded |",
+        "| graceful stop, through the gateway | requests in the burst | failed | degraded |",
         "|---|---|---|---|",
         *(
             f"| {r['scenario']} | {r['in_flight']} | {r['failed']} | {r['degraded']} |"
             for r in terms
+        ),
+        "",
+        "A burst through the gateway mixes requests the stopped service had accepted with "
+        "requests still on their way to it (those are refused: one instance cannot take "
+        "them). The service-level drain below sends the calls straight to the service and "
+        "stops it once its own in-flight gauge shows calls being handled:",
+        "",
+        "| graceful stop | calls | in flight at SIGTERM | failed | of those in flight |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {r['scenario']} | {r['calls']} | {r['in_flight']} | {r['failed']} "
+            f"| {r['in_flight_failed']} |"
+            for r in drains
         ),
     ]
     return "\n".join(lines) + "\n"

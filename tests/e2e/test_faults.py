@@ -28,3 +28,7 @@ def test_optional_stages_and_redis_down_cost_no_5xx_and_recover(artifact_root: P
         row = rows[f"SIGTERM {name} mid-burst"]
         assert row["failed"] == 0, row
     assert rows["SIGTERM gateway mid-burst"]["exit_code"] in (0, -15)
+    # straight to each service: every call it had accepted when told to stop completes
+    for name in ("query_understanding", "ranking"):
+        row = rows[f"SIGTERM {name} with calls in flight"]
+        assert row["in_flight"] >= 1 and row["in_flight_failed"] == 0, row
