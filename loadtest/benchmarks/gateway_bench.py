@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import platform
 import socket
 import statistics
 import tempfile
+from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -39,8 +41,15 @@ TIMEOUT_MS = 2000
 
 
 async def bench(
-    base: str, passthrough: str, rport: int, work: list[Any], levels: list[int]
+    base: str,
+    passthrough: str,
+    rport: int,
+    work: list[Any],
+    levels: list[int],
+    references: bool = True,
 ) -> list[dict[str, Any]]:
+    """Rows per target and level; ``references``: also retrieval called directly and the
+    HTTP floor (the stage configurations compare the gateway with the pass-through only)."""
     rows: list[dict[str, Any]] = []
     # aiohttp (C HTTP parser): with httpx the client itself cost more than the gateway's
     # trivial routes and saturated a core at concurrency 32.
@@ -77,12 +86,14 @@ async def bench(
             await via_gateway(warm)
             await via_passthrough(warm)
             await direct(warm)
-        targets = (
+        targets: list[tuple[str, Callable[[Any], Awaitable[bool]]]] = [
             ("retrieval (gRPC, direct)", direct),
             ("gateway /v1/search", via_gateway),
             ("pass-through HTTP -> gRPC", via_passthrough),
             ("HTTP floor: GET /healthz", floor),
-        )
+        ]
+        if not references:
+            targets = targets[1:3]
         for level in levels:
             for name, stats in (await run_rounds(targets, work, level)).items():
                 rows.append({"target": name, "concurrency": level, **stats})
@@ -162,15 +173,115 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace, version:
     print("\n".join(lines[-len(levels) - 2 :]))
 
 
+#: cumulative stage configurations of ``--stages``
+STAGE_CONFIGS: tuple[tuple[str, bool, bool], ...] = (
+    ("retrieval", False, False),
+    ("+ query understanding", True, False),
+    ("+ query understanding + ranking", True, True),
+)
+OWN_WORK_TARGET = 0.05
+
+
+def run_stages(args: argparse.Namespace, work: list[Any]) -> list[dict[str, Any]]:
+    """Each configuration: a stack with those stages and a pass-through making the same
+    calls; rows of the gateway and the pass-through at each level."""
+    rows: list[dict[str, Any]] = []
+    for name, with_qu, with_ranking in STAGE_CONFIGS:
+        with ExitStack() as stack, tempfile.TemporaryDirectory() as logs:
+            s = start_stack(
+                stack,
+                args.artifact_dir,
+                Path(logs),
+                redis_url=args.redis_url,
+                # every request runs every stage: no result or understanding cache
+                gateway_env={
+                    "GENSEARCH_GATEWAY_RESULT_CACHE_TTL_SECONDS": "0",
+                    "GENSEARCH_GATEWAY_QU_CACHE_TTL_SECONDS": "0",
+                },
+                query_understanding=with_qu,
+                ranking=with_ranking,
+            )
+            pport = free_port()
+            cmd = ["-m", "loadtest.benchmarks.passthrough", "--port", str(pport)]
+            cmd += ["--retrieval", f"127.0.0.1:{s.retrieval_port}"]
+            if s.query_understanding is not None:
+                cmd += ["--query-understanding", f"127.0.0.1:{s.query_understanding.port}"]
+            if s.ranking is not None:
+                cmd += ["--ranking", f"127.0.0.1:{s.ranking.port}"]
+            stack.enter_context(running_process(cmd, {}, Path(logs) / "passthrough.log"))
+            wait_for(functools.partial(_accepts, pport), 30, "pass-through listening")
+            passthrough = f"http://127.0.0.1:{pport}"
+            found = asyncio.run(
+                bench(s.base, passthrough, s.retrieval_port, work, args.concurrency, False)
+            )
+            rows += [{"stages": name, **r} for r in found]
+    return rows
+
+
+def write_stage_results(rows: list[dict[str, Any]], args: argparse.Namespace, version: str) -> None:
+    """The gateway's own work (gateway p50 - pass-through p50, as a share of the gateway
+    p50) per stage configuration and level."""
+    lines = [
+        "# Gateway overhead as stages are added",
+        "",
+        f"Command: `python -m loadtest.benchmarks.gateway_bench --stages --requests "
+        f"{args.requests} --concurrency {' '.join(map(str, args.concurrency))}`",
+        "",
+        "Per configuration, the gateway's `POST /v1/search` against a bare HTTP -> gRPC "
+        "pass-through that makes the same downstream calls in the same order "
+        "(`loadtest/benchmarks/passthrough.py`: Understand, Retrieve, Rank; no framework, "
+        "validation, store or cache); result and understanding caches off, so every request "
+        "runs every stage. The gateway's own work = (gateway p50 - pass-through p50) / "
+        f"gateway p50; target <= {OWN_WORK_TARGET:.0%}.",
+        f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}), everything on one "
+        f"machine. Artifact `{version}`. Queries: DERIVED test-split queries with the users' "
+        "real histories; interleaved rounds.",
+        "",
+        "| stages | concurrency | gateway p50 ms | pass-through p50 ms | gateway p99 ms "
+        "| own work | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    own: dict[str, dict[int, float]] = {}
+    for name, _, _ in STAGE_CONFIGS:
+        for level in args.concurrency:
+            mine = [r for r in rows if r["stages"] == name and r["concurrency"] == level]
+            gw = next(r for r in mine if r["target"].startswith("gateway"))
+            pt = next(r for r in mine if r["target"].startswith("pass"))
+            share = (gw["p50_ms"] - pt["p50_ms"]) / gw["p50_ms"]
+            own.setdefault(name, {})[level] = share
+            lines.append(
+                f"| {name} | {level} | {gw['p50_ms']:.2f} | {pt['p50_ms']:.2f} | "
+                f"{gw['p99_ms']:.2f} | {share:+.1%} | {int(gw['errors'] + pt['errors'])} |"
+            )
+    met = all(v <= OWN_WORK_TARGET for by_level in own.values() for v in by_level.values())
+    lines += [
+        "",
+        f"Target (own work <= {OWN_WORK_TARGET:.0%} everywhere): "
+        + ("MET" if met else "NOT MET")
+        + ".",
+    ]
+    doc = {"version": version, "rows": rows, "own_work_p50": own, "target_met": met}
+    result_files.write_results(RESULTS / "gateway_overhead_stages", doc, "\n".join(lines))
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--artifact-dir", type=Path, default=artifact_root())
     parser.add_argument("--redis-url", default="")
+    parser.add_argument(
+        "--stages",
+        action="store_true",
+        help="instead: the gateway's own work with retrieval, + query understanding, + ranking",
+    )
     args = parser.parse_args()
     work = load_workload(args.artifact_dir, args.requests)
     version = ArtifactRepository(args.artifact_dir).current()
+    if args.stages:
+        write_stage_results(run_stages(args, work), args, version)
+        return
     with ExitStack() as stack, tempfile.TemporaryDirectory() as logs:
         s = start_stack(
             stack,
