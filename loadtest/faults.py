@@ -172,9 +172,15 @@ def _rates(outcomes: Sequence[Outcome], stage: str) -> dict[str, Any]:
 
 
 def kill_scenario(
-    load: Load, target: Target, fault_seconds: float, healthy: Callable[[Outcome], bool]
+    load: Load,
+    target: Target,
+    fault_seconds: float,
+    recovery: Callable[[float], float | None],
+    name: str = "",
 ) -> dict[str, Any]:
-    """kill -9, keep the load on, restart; the fault window's rates and the recovery."""
+    """kill -9, keep the load on, restart; the fault window's rates and the recovery:
+    ``recovery(t_serving)`` waits for the first sign of health after the restarted process
+    is up and returns how long that took (None: not within its own time limit)."""
     time.sleep(1.0)
     t_kill = time.monotonic()
     target.kill(signal.SIGKILL)
@@ -182,24 +188,33 @@ def kill_scenario(
     t_restart = time.monotonic()
     target.restart()
     t_serving = time.monotonic()
-    recovered = None
-    end = t_serving + 30
-    while time.monotonic() < end:
-        after = [o for o in load.between(t_serving, time.monotonic()) if healthy(o)]
-        if after:
-            recovered = min(o.done for o in after) - t_serving
-            break
-        time.sleep(0.05)
+    recovered = recovery(t_serving)
     # the fault window starts once the kill has been noticed (the in-flight calls at the
     # moment of the kill fail over to the degraded path in the same breath)
-    row = {
-        "scenario": f"kill -9 {target.name}",
+    return {
+        "scenario": name or f"kill -9 {target.name}",
         **_rates(load.between(t_kill, t_restart), target.stage),
         "restart_to_serving_s": round(t_serving - t_restart, 2),
         "recovery_after_serving_s": None if recovered is None else round(recovered, 2),
+        "recovered_within_target": recovered is not None and recovered <= RECOVERY_TARGET_S,
     }
-    row["recovered_within_target"] = recovered is not None and recovered <= RECOVERY_TARGET_S
-    return row
+
+
+def first_healthy_answer(
+    load: Load, healthy: Callable[[Outcome], bool], limit: float = 30.0
+) -> Callable[[float], float | None]:
+    """Recovery = the first answer of the load that ``healthy`` accepts."""
+
+    def wait(t_serving: float) -> float | None:
+        end = t_serving + limit
+        while time.monotonic() < end:
+            after = [o for o in load.between(t_serving, time.monotonic()) if healthy(o)]
+            if after:
+                return min(o.done for o in after) - t_serving
+            time.sleep(0.05)
+        return None
+
+    return wait
 
 
 def sigterm_scenario(
@@ -434,9 +449,11 @@ def run(root: Path, fault_seconds: float, only: Sequence[str]) -> dict[str, Any]
                     return o.status == 200 and stage not in o.degraded and not o.feed
 
                 if target.name == "redis":
-                    rows.append(redis_kill_scenario(s, load, target, fault_seconds))
+                    recovery = first_user_feature_hit(s)
+                    name = "kill -9 redis (restarted empty)"
                 else:
-                    rows.append(kill_scenario(load, target, fault_seconds, healthy))
+                    recovery, name = first_healthy_answer(load, healthy), ""
+                rows.append(kill_scenario(load, target, fault_seconds, recovery, name))
         finally:
             load.stop()
         for target in chosen:
@@ -486,34 +503,20 @@ def _user_feature_hits(stack: Stack) -> float:
     return total
 
 
-def redis_kill_scenario(
-    stack: Stack, load: Load, target: Target, fault_seconds: float
-) -> dict[str, Any]:
-    """Redis killed and restarted empty: 5xx during the outage; recovery = the first
-    user-feature hit after the gateway has materialised the version again."""
-    time.sleep(1.0)
-    t_kill = time.monotonic()
-    target.kill(signal.SIGKILL)
-    time.sleep(fault_seconds)
-    t_restart = time.monotonic()
-    target.restart()
-    t_up = time.monotonic()
-    hits = _user_feature_hits(stack)
-    recovered = None
-    end = t_up + 60
-    while time.monotonic() < end:
-        if _user_feature_hits(stack) > hits:
-            recovered = time.monotonic() - t_up
-            break
-        time.sleep(0.1)
-    during = load.between(t_kill, t_restart)
-    return {
-        "scenario": "kill -9 redis (restarted empty)",
-        **_rates(during, "user_features"),
-        "restart_to_serving_s": round(t_up - t_restart, 2),
-        "recovery_after_serving_s": None if recovered is None else round(recovered, 2),
-        "recovered_within_target": recovered is not None and recovered <= RECOVERY_TARGET_S,
-    }
+def first_user_feature_hit(stack: Stack, limit: float = 60.0) -> Callable[[float], float | None]:
+    """Recovery of an emptied Redis = the first user-feature hit after the gateway has
+    materialised the version again."""
+
+    def wait(t_up: float) -> float | None:
+        hits = _user_feature_hits(stack)
+        end = t_up + limit
+        while time.monotonic() < end:
+            if _user_feature_hits(stack) > hits:
+                return time.monotonic() - t_up
+            time.sleep(0.1)
+        return None
+
+    return wait
 
 
 def gateway_sigterm(stack: Stack, requests: Sequence[dict[str, Any]]) -> dict[str, Any]:

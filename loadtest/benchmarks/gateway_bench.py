@@ -30,7 +30,14 @@ import aiohttp
 import grpc
 
 from loadtest.benchmarks.workload import load_workload, retrieve_call, run_rounds
-from loadtest.local_stack import REPO_ROOT, free_port, running_process, start_stack, wait_for
+from loadtest.local_stack import (
+    REPO_ROOT,
+    Stack,
+    free_port,
+    running_process,
+    start_stack,
+    wait_for,
+)
 from models_export import result_files
 from services.common.artifacts import ArtifactRepository
 from services.common.config import artifact_root
@@ -173,6 +180,21 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace, version:
     print("\n".join(lines[-len(levels) - 2 :]))
 
 
+def start_passthrough(stack: ExitStack, s: Stack, logs: Path) -> str:
+    """The pass-through beside ``s``, calling the same services the stack's gateway calls;
+    its base URL once it listens."""
+    port = free_port()
+    cmd = ["-m", "loadtest.benchmarks.passthrough", "--port", str(port)]
+    cmd += ["--retrieval", f"127.0.0.1:{s.retrieval_port}"]
+    if s.query_understanding is not None:
+        cmd += ["--query-understanding", f"127.0.0.1:{s.query_understanding.port}"]
+    if s.ranking is not None:
+        cmd += ["--ranking", f"127.0.0.1:{s.ranking.port}"]
+    stack.enter_context(running_process(cmd, {}, logs / "passthrough.log"))
+    wait_for(functools.partial(_accepts, port), 30, "pass-through listening")
+    return f"http://127.0.0.1:{port}"
+
+
 #: cumulative stage configurations of ``--stages``
 STAGE_CONFIGS: tuple[tuple[str, bool, bool], ...] = (
     ("retrieval", False, False),
@@ -201,16 +223,7 @@ def run_stages(args: argparse.Namespace, work: list[Any]) -> list[dict[str, Any]
                 query_understanding=with_qu,
                 ranking=with_ranking,
             )
-            pport = free_port()
-            cmd = ["-m", "loadtest.benchmarks.passthrough", "--port", str(pport)]
-            cmd += ["--retrieval", f"127.0.0.1:{s.retrieval_port}"]
-            if s.query_understanding is not None:
-                cmd += ["--query-understanding", f"127.0.0.1:{s.query_understanding.port}"]
-            if s.ranking is not None:
-                cmd += ["--ranking", f"127.0.0.1:{s.ranking.port}"]
-            stack.enter_context(running_process(cmd, {}, Path(logs) / "passthrough.log"))
-            wait_for(functools.partial(_accepts, pport), 30, "pass-through listening")
-            passthrough = f"http://127.0.0.1:{pport}"
+            passthrough = start_passthrough(stack, s, Path(logs))
             found = asyncio.run(
                 bench(s.base, passthrough, s.retrieval_port, work, args.concurrency, False)
             )
@@ -294,23 +307,7 @@ def main() -> None:
             query_understanding=False,
             ranking=False,
         )
-        pport = free_port()
-        stack.enter_context(
-            running_process(
-                [
-                    "-m",
-                    "loadtest.benchmarks.passthrough",
-                    "--port",
-                    str(pport),
-                    "--retrieval",
-                    f"127.0.0.1:{s.retrieval_port}",
-                ],
-                {},
-                Path(logs) / "passthrough.log",
-            )
-        )
-        passthrough = f"http://127.0.0.1:{pport}"
-        wait_for(lambda: _accepts(pport), 30, "pass-through listening")
+        passthrough = start_passthrough(stack, s, Path(logs))
         rows = asyncio.run(bench(s.base, passthrough, s.retrieval_port, work, args.concurrency))
     write_results(rows, args, version)
     print(f"median gateway p50 over levels: {statistics.median(r['p50_ms'] for r in rows):.2f} ms")

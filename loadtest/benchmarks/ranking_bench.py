@@ -36,30 +36,12 @@ from services.common.generated.gensearch.common.v1 import common_pb2
 from services.common.generated.gensearch.ranking.v1 import ranking_pb2, ranking_pb2_grpc
 from services.common.histories import USERS_TABLE, serving_histories
 from services.common.text_encoder import TextEncoder
-from services.gateway.breaker import CircuitBreaker
-from services.gateway.materialize import materialize
-from services.gateway.store import RedisStore
+from services.gateway.materialize import materialize_into_redis
 from services.ranking.features import FeatureSpec
 
 TARGET_P99_MS = 10.0
 SIZES = (50, 100, 300)
 PREFIX = "rankbench"
-
-
-def _materialise(root: Path, redis_url: str) -> None:
-    async def go() -> None:
-        store = RedisStore(
-            redis_url,
-            prefix=PREFIX,
-            socket_timeout=5.0,
-            connect_timeout=2.0,
-            max_connections=4,
-            breaker=CircuitBreaker("redis", failures=3, reset_seconds=1.0),
-        )
-        await materialize(store, ArtifactRepository(root).open())
-        await store.close()
-
-    asyncio.run(go())
 
 
 def run(root: Path, n: int, warmup: int, redis_url: str) -> dict[str, Any]:
@@ -72,7 +54,7 @@ def run(root: Path, n: int, warmup: int, redis_url: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     env = {}
     if redis_url:
-        _materialise(root, redis_url)
+        asyncio.run(materialize_into_redis(redis_url, PREFIX, arts))
         env = {"GENSEARCH_RANKING_REDIS_URL": redis_url, "GENSEARCH_RANKING_REDIS_PREFIX": PREFIX}
     with TemporaryDirectory() as logs, ExitStack() as stack:
         served = start_service(stack, RANKING, root, Path(logs), env=env)

@@ -30,7 +30,7 @@ from models_export.ranking.grade import (
     train_policy,
 )
 from models_export.ranking.lists import RankList, build_lists, labels, list_inputs
-from models_export.ranking.metrics import auc, gauc, paired_bootstrap
+from models_export.ranking.metrics import auc, gauc, paired_bootstrap, target_gains
 from models_export.ranking.mtl import MtlConfig, export_ranker, predict, train_ranker
 from models_export.ranking.report import RANKING_EVAL_FILE
 from services.common.text_encoder import TEXT_ENCODER_MODEL
@@ -113,9 +113,11 @@ def step_ranking(ctx: BuildContext) -> str:
             for lst, s in zip(lists, scores, strict=True)
         ]
 
-    valid_s = scored(valid, valid_x)
-    tune_s = [valid_s[i] for i in part["tune"]]
-    fusion_s = [valid_s[i] for i in part["fusion"]]
+    # the fusion works on lists the multi-task model was not trained on
+    tune_s, fusion_s = (
+        scored([valid[i] for i in part[p]], [valid_x[i] for i in part[p]])
+        for p in ("tune", "fusion")
+    )
     grade_config = GradeConfig.for_mode(ctx.quick)
     choice = choose_global(tune_s, grade_config)
     policy = train_policy(fusion_s, tune_s, choice, grade_config)
@@ -202,9 +204,7 @@ def evaluate(
         out["auc"][name] = round(auc(np.concatenate(s), np.concatenate(y)), 4)
         out["gauc"][name] = round(gauc(s, y), 4)
     per_list: dict[str, np.ndarray] = {}
-    per_list["retrieval"] = np.array(
-        [1.0 / np.log2(x.target + 2.0) if 0 <= x.target < 10 else 0.0 for x in scored]
-    )
+    per_list["retrieval"] = target_gains([x.rows for x in lists], [x.target for x in lists])[0]
     eye = np.eye(len(OBJECTIVES))
     for t, name in enumerate(OBJECTIVES):
         per_list[f"only_{name}"] = np.array(

@@ -67,6 +67,23 @@ async def materialize(store: FeatureStore, artifacts: ArtifactSet) -> dict[str, 
     return {**done, "popular": len(popular)}
 
 
+async def materialize_into_redis(url: str, prefix: str, artifacts: ArtifactSet) -> dict[str, int]:
+    """What the command does: :func:`materialize` into the Redis at ``url`` under ``prefix``
+    (generous timeouts: a bulk load, not a request path)."""
+    store = RedisStore(
+        url,
+        prefix=prefix,
+        socket_timeout=5.0,
+        connect_timeout=2.0,
+        max_connections=4,
+        breaker=CircuitBreaker("redis", failures=3, reset_seconds=1.0),
+    )
+    try:
+        return await materialize(store, artifacts)
+    finally:
+        await store.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis-url", required=True)
@@ -74,24 +91,11 @@ def main() -> None:
     parser.add_argument("--artifact-dir", type=Path, default=artifact_root())
     parser.add_argument("--version", default="")
     args = parser.parse_args()
-
-    async def run() -> None:
-        artifacts = ArtifactRepository(args.artifact_dir).open(args.version or None)
-        store = RedisStore(
-            args.redis_url,
-            prefix=args.prefix,
-            socket_timeout=5.0,
-            connect_timeout=2.0,
-            max_connections=4,
-            breaker=CircuitBreaker("redis", failures=3, reset_seconds=1.0),
-        )
-        start = time.perf_counter()
-        counts = await materialize(store, artifacts)
-        await store.close()
-        took = time.perf_counter() - start
-        print(f"materialized version {artifacts.version}: {counts} in {took:.1f}s")
-
-    asyncio.run(run())
+    artifacts = ArtifactRepository(args.artifact_dir).open(args.version or None)
+    start = time.perf_counter()
+    counts = asyncio.run(materialize_into_redis(args.redis_url, args.prefix, artifacts))
+    took = time.perf_counter() - start
+    print(f"materialized version {artifacts.version}: {counts} in {took:.1f}s")
 
 
 if __name__ == "__main__":

@@ -258,7 +258,6 @@ class RankInputs:
     item_brand: np.ndarray  # int64 [C]
     history: np.ndarray  # int64 [MAX_HISTORY], -1 padding (left)
     query: np.ndarray  # float32 [D], zeros without a query
-    log_popularity: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
 
 def assemble(
@@ -320,7 +319,6 @@ def assemble(
         item_brand=brand,
         history=history,
         query=query,
-        log_popularity=table[:, 4].astype(np.float32),
     )
 
 

@@ -30,48 +30,32 @@ BLENDS: tuple[str, ...] = ("additive", "multiplicative")
 _EPS = 1e-6
 
 
-def blend_basis(scores: np.ndarray, blend: str, mask: np.ndarray | None = None) -> np.ndarray:
+def blend_basis(scores: np.ndarray, blend: str) -> np.ndarray:
     """What the weights multiply: ``scores`` [..., C, T] probabilities -> [..., C, T]
-    standardised within the list (additive) or log-probabilities (multiplicative).
-    ``mask`` [..., C] marks real candidates (padding is left out of the statistics)."""
+    standardised within the list (additive) or log-probabilities (multiplicative)."""
     p = np.clip(np.asarray(scores, dtype=np.float64), _EPS, 1.0 - _EPS)
     if blend == "multiplicative":
         return np.log(p)
     if blend != "additive":
         raise ValueError(f"unknown blend {blend!r}; expected one of {BLENDS}")
-    if mask is None:
-        mean = p.mean(axis=-2, keepdims=True)
-        std = p.std(axis=-2, keepdims=True)
-    else:
-        m = mask[..., None]
-        n = np.maximum(m.sum(axis=-2, keepdims=True), 1.0)
-        mean = (p * m).sum(axis=-2, keepdims=True) / n
-        std = np.sqrt((((p - mean) * m) ** 2).sum(axis=-2, keepdims=True) / n)
+    mean = p.mean(axis=-2, keepdims=True)
+    std = p.std(axis=-2, keepdims=True)
     return (p - mean) / (std + _EPS)
 
 
-def blend_scores(
-    scores: np.ndarray, weights: np.ndarray, blend: str, mask: np.ndarray | None = None
-) -> np.ndarray:
+def blend_scores(scores: np.ndarray, weights: np.ndarray, blend: str) -> np.ndarray:
     """Blended score per candidate: ``scores`` [..., C, T], ``weights`` [..., T] -> [..., C]."""
-    return np.einsum("...ct,...t->...c", blend_basis(scores, blend, mask), weights)
+    return np.einsum("...ct,...t->...c", blend_basis(scores, blend), weights)
 
 
 def order(
-    scores: np.ndarray,
-    weights: np.ndarray,
-    blend: str,
-    floor: float = 0.0,
-    mask: np.ndarray | None = None,
+    scores: np.ndarray, weights: np.ndarray, blend: str, floor: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """(final score, order best first) of one list: ``scores`` [C, T], ``weights`` [T].
     Candidates under the relevance floor come after all others, each group by score."""
-    final = blend_scores(scores, weights, blend, mask)
+    final = blend_scores(scores, weights, blend)
     key = final + floor_penalty(scores, floor)
-    if mask is not None:
-        key = np.where(mask > 0, key, -np.inf)
-    ranking = np.argsort(-key, kind="stable")
-    return final, ranking
+    return final, np.argsort(-key, kind="stable")
 
 
 def floor_penalty(scores: np.ndarray, floor: float) -> np.ndarray:

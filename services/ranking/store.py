@@ -99,14 +99,15 @@ class RedisFeatures:
     ) -> tuple[UserFeatures | None, list[tuple[float, ...] | None]]:
         try:
             async with self.client.pipeline(transaction=False) as pipe:
-                pipe.get(user_key(self.prefix, self.version, user_id or "\x00anonymous"))
                 pipe.mget([item_key(self.prefix, self.version, i) for i in item_ids])
-                raw_user, raw_items = await pipe.execute()
+                if user_id:  # an anonymous request has no stored features
+                    pipe.get(user_key(self.prefix, self.version, user_id))
+                raw_items, *raw_user = await pipe.execute()
         except (RedisError, OSError, TimeoutError):
             FEATURE_ERRORS.labels("redis").inc()
             return None, [None] * len(item_ids)
         try:
-            user = decode_user(raw_user) if raw_user is not None and user_id else None
+            user = decode_user(raw_user[0]) if raw_user and raw_user[0] is not None else None
             items = [None if r is None else decode_item(r) for r in raw_items]
         except (ValueError, KeyError, TypeError):
             FEATURE_ERRORS.labels("decode").inc()

@@ -22,9 +22,7 @@ from services.common.generated.gensearch.common.v1 import common_pb2
 from services.common.generated.gensearch.ranking.v1 import ranking_pb2, ranking_pb2_grpc
 from services.common.histories import USERS_TABLE, serving_histories
 from services.common.text_encoder import TextEncoder
-from services.gateway.breaker import CircuitBreaker
-from services.gateway.materialize import materialize
-from services.gateway.store import RedisStore
+from services.gateway.materialize import materialize_into_redis
 from services.ranking.config import RankingSettings
 from services.ranking.engine import Ranker, user_bucket
 from services.ranking.features import FeatureSpec, history_rows
@@ -202,16 +200,7 @@ async def test_online_features_from_redis_equal_offline_features(
     served path, compare with the training path (``models_export.ranking.lists``)."""
     arts = ArtifactRepository(artifact_root).open()
     prefix = "skewtest"
-    store = RedisStore(
-        redis_server.url,
-        prefix=prefix,
-        socket_timeout=5.0,
-        connect_timeout=2.0,
-        max_connections=4,
-        breaker=CircuitBreaker("redis", failures=3, reset_seconds=1.0),
-    )
-    counts = await materialize(store, arts)
-    await store.close()
+    counts = await materialize_into_redis(redis_server.url, prefix, arts)
     assert counts["ranking_users"] == counts["users"] > 0
     ranker = _ranker(artifact_root, redis_url=redis_server.url, redis_prefix=prefix)
     assert isinstance(ranker.features, RedisFeatures)
