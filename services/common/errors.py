@@ -50,3 +50,10 @@ class ArtifactIntegrityError(GenSearchError):
     """An artifact file is missing or does not match its manifest checksum."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ConfigurationError(GenSearchError):
+    """The process's settings ask for something this machine cannot do (e.g. an ONNX
+    Runtime execution provider that is not installed); raised at start, never per request."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION

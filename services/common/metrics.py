@@ -48,6 +48,13 @@ SERVICE_READY = Gauge(
     ["service"],
 )
 
+ONNX_SESSION_INFO = Gauge(
+    "gensearch_onnx_session_info",
+    "1 for each ONNX Runtime session this process opened, labelled by the execution "
+    "provider it runs on (the session's first provider).",
+    ["model", "provider"],
+)
+
 
 def start_metrics_server(port: int, host: str = "127.0.0.1") -> int:
     """Serve the default registry in Prometheus text format on ``host:port``; return the port."""

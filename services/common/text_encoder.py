@@ -6,12 +6,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from tokenizers import Tokenizer
+
+from services.common.onnx_sessions import ExecutionSettings, open_session
 
 #: where every artifact keeps the query/text encoder (``models_export.export_text_encoder``)
 TEXT_ENCODER_MODEL = "models/text_encoder/1/model.onnx"
 TEXT_ENCODER_TOKENIZER = "models/text_encoder/tokenizer.json"
+TEXT_ENCODER_NAME = "text_encoder"
 
 
 class TextEncoder:
@@ -23,12 +25,14 @@ class TextEncoder:
         tokenizer_path: Path,
         intra_op_threads: int = 1,
         max_length: int = 128,
+        execution: ExecutionSettings | None = None,
     ) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            str(model_path), options, providers=["CPUExecutionProvider"]
+        """``execution``: where the model runs (default: ``GENSEARCH_ONNX_*``)."""
+        self.session = open_session(
+            model_path,
+            intra_op_threads=intra_op_threads,
+            settings=execution,
+            model_name=TEXT_ENCODER_NAME,
         )
         self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
         self.tokenizer.enable_truncation(max_length)
@@ -37,7 +41,11 @@ class TextEncoder:
 
     @classmethod
     def load(
-        cls, resolve: Callable[[str], Path], intra_op_threads: int = 1, max_length: int = 128
+        cls,
+        resolve: Callable[[str], Path],
+        intra_op_threads: int = 1,
+        max_length: int = 128,
+        execution: ExecutionSettings | None = None,
     ) -> TextEncoder:
         """The artifact's encoder, opened through ``resolve`` (``ArtifactSet.path`` checks
         each sha256)."""
@@ -46,6 +54,7 @@ class TextEncoder:
             resolve(TEXT_ENCODER_TOKENIZER),
             intra_op_threads=intra_op_threads,
             max_length=max_length,
+            execution=execution,
         )
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:

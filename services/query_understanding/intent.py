@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
+
+from services.common.onnx_sessions import ExecutionSettings, open_session
 
 INTENT_MODEL_NAME = "query_intent"
 INTENT_MODEL = f"models/{INTENT_MODEL_NAME}/1/model.onnx"
@@ -33,22 +34,33 @@ class Intent:
 class IntentClassifier:
     """Calibrated probabilities of the level-2 and level-3 category paths of queries."""
 
-    def __init__(self, model_path: Path, labels_path: Path, intra_op_threads: int = 1) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        labels_path: Path,
+        intra_op_threads: int = 1,
+        execution: ExecutionSettings | None = None,
+    ) -> None:
         doc = json.loads(labels_path.read_text())
         self.level2: list[str] = list(doc["level2"])
         self.level3: list[str] = list(doc["level3"])
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            str(model_path), options, providers=["CPUExecutionProvider"]
+        self.session = open_session(
+            model_path,
+            intra_op_threads=intra_op_threads,
+            settings=execution,
+            model_name=INTENT_MODEL_NAME,
         )
         self.dim = int(self.session.get_inputs()[0].shape[-1])
 
     @classmethod
-    def load(cls, resolve: Callable[[str], Path], intra_op_threads: int = 1) -> IntentClassifier:
+    def load(
+        cls,
+        resolve: Callable[[str], Path],
+        intra_op_threads: int = 1,
+        execution: ExecutionSettings | None = None,
+    ) -> IntentClassifier:
         """Open the head and its labels through ``resolve`` (an artifact resolver)."""
-        return cls(resolve(INTENT_MODEL), resolve(INTENT_FILE), intra_op_threads)
+        return cls(resolve(INTENT_MODEL), resolve(INTENT_FILE), intra_op_threads, execution)
 
     def probabilities(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Float32 [B, n_level2] and [B, n_level3] probabilities (rows sum to 1)."""

@@ -6,8 +6,10 @@ import logging
 import time
 
 from services.common.artifacts import ArtifactRepository
+from services.common.config import load_settings
 from services.common.errors import ArtifactIntegrityError
 from services.common.generated.gensearch.query_understanding.v1 import query_understanding_pb2
+from services.common.onnx_sessions import ExecutionSettings, providers_in_use
 from services.common.text_encoder import TEXT_ENCODER_MODEL, TextEncoder
 from services.query_understanding.attributes import AttributeMatcher
 from services.query_understanding.config import QueryUnderstandingSettings
@@ -32,13 +34,15 @@ def load_understander(settings: QueryUnderstandingSettings) -> QueryUnderstander
             "missing): it was built from a catalog without item text, or by an older pipeline"
         )
     lexicon = Lexicon.load(arts.path)
+    execution = load_settings(ExecutionSettings)
+    threads = settings.intra_op_threads
     engine = QueryUnderstander(
         settings,
         arts.version,
         SpellCorrector(lexicon),
         AttributeMatcher(lexicon),
-        TextEncoder.load(arts.path, settings.intra_op_threads, settings.encoder_max_tokens),
-        IntentClassifier.load(arts.path, settings.intra_op_threads),
+        TextEncoder.load(arts.path, threads, settings.encoder_max_tokens, execution),
+        IntentClassifier.load(arts.path, threads, execution),
         manifest_sha256=arts.manifest_sha256,
     )
     for query in WARM_UP_QUERIES:
@@ -48,6 +52,7 @@ def load_understander(settings: QueryUnderstandingSettings) -> QueryUnderstander
         extra={
             "version": arts.version,
             "words": len(lexicon.word_counts),
+            "execution_providers": providers_in_use(),
             "seconds": round(time.perf_counter() - start, 2),
         },
     )

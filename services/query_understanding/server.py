@@ -13,6 +13,7 @@ from services.common.generated.gensearch.query_understanding.v1 import (
     query_understanding_pb2,
     query_understanding_pb2_grpc,
 )
+from services.common.onnx_sessions import providers_in_use
 from services.query_understanding.config import QueryUnderstandingSettings
 from services.query_understanding.engine import QueryUnderstander
 
@@ -73,4 +74,5 @@ class QueryUnderstandingApp(query_understanding_pb2_grpc.QueryUnderstandingServi
             version=engine.version,
             manifest_sha256=engine.manifest_sha256,
             models=engine.model_names,
+            execution_providers=providers_in_use(),
         )

@@ -8,11 +8,13 @@ import time
 import numpy as np
 
 from services.common.artifacts import ArtifactRepository
+from services.common.config import load_settings
 from services.common.errors import ArtifactIntegrityError
 from services.common.generated.gensearch.common.v1 import common_pb2
 from services.common.generated.gensearch.ranking.v1 import ranking_pb2
 from services.common.histories import USERS_TABLE, serving_histories
 from services.common.logging import json_handler
+from services.common.onnx_sessions import ExecutionSettings, providers_in_use
 from services.common.text_encoder import TEXT_ENCODER_MODEL, TextEncoder
 from services.ranking.config import RankingSettings
 from services.ranking.engine import FusionConfig, Ranker, weight_log
@@ -46,10 +48,11 @@ def load_ranker(settings: RankingSettings) -> Ranker:
         )
     else:
         features = ArtifactFeatures(spec, serving_histories(arts.path(USERS_TABLE)))
+    execution = load_settings(ExecutionSettings)
     encoder = None
     if arts.has(TEXT_ENCODER_MODEL):
         encoder = TextEncoder.load(
-            arts.path, settings.intra_op_threads, settings.encoder_max_tokens
+            arts.path, settings.intra_op_threads, settings.encoder_max_tokens, execution
         )
     if settings.weight_log_path:
         weight_log.addHandler(
@@ -61,8 +64,8 @@ def load_ranker(settings: RankingSettings) -> Ranker:
         arts.version,
         spec,
         vectors,
-        MultiTaskModel(arts.path(RANKER_MODEL), settings.intra_op_threads),
-        PolicyModel(arts.path(POLICY_MODEL), settings.intra_op_threads),
+        MultiTaskModel(arts.path(RANKER_MODEL), settings.intra_op_threads, execution),
+        PolicyModel(arts.path(POLICY_MODEL), settings.intra_op_threads, execution),
         FusionConfig.from_dict(arts.read_json(RANKING_FUSION_FILE)),
         features,
         encoder,
@@ -78,6 +81,7 @@ def load_ranker(settings: RankingSettings) -> Ranker:
     log.info(
         "ranker loaded",
         extra={
+            "execution_providers": providers_in_use(),
             "version": arts.version,
             "features": features.kind,
             "seconds": round(time.perf_counter() - start, 2),

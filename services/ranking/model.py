@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
+from services.common.onnx_sessions import ExecutionSettings, open_session
 from services.ranking.features import DENSE_FEATURES, RankInputs, stack
 from services.ranking.fusion import OBJECTIVES, PREDICTED
 
@@ -19,13 +19,17 @@ RETRIEVAL = OBJECTIVES.index("retrieval")
 class MultiTaskModel:
     """Predicts :data:`PREDICTED` for a batch of candidate lists."""
 
-    def __init__(self, model_path: Path, intra_op_threads: int = 1) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(
-            str(model_path), options, providers=["CPUExecutionProvider"]
+    def __init__(
+        self,
+        model_path: Path,
+        intra_op_threads: int = 1,
+        execution: ExecutionSettings | None = None,
+    ) -> None:
+        self.session = open_session(
+            model_path,
+            intra_op_threads=intra_op_threads,
+            settings=execution,
+            model_name=RANKER_MODEL_NAME,
         )
         self.inputs = [i.name for i in self.session.get_inputs()]
 

@@ -7,8 +7,8 @@ import math
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
+from services.common.onnx_sessions import ExecutionSettings, open_session
 from services.ranking.features import MAX_HISTORY_COUNTED, UserFeatures
 from services.ranking.fusion import OBJECTIVES
 
@@ -64,12 +64,17 @@ class PolicyModel:
     """The exported policy network: context [B, NUM_CONTEXT] -> weights [B, T] (rows on
     the simplex, in the order of :data:`OBJECTIVES`)."""
 
-    def __init__(self, model_path: Path, intra_op_threads: int = 1) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            str(model_path), options, providers=["CPUExecutionProvider"]
+    def __init__(
+        self,
+        model_path: Path,
+        intra_op_threads: int = 1,
+        execution: ExecutionSettings | None = None,
+    ) -> None:
+        self.session = open_session(
+            model_path,
+            intra_op_threads=intra_op_threads,
+            settings=execution,
+            model_name=POLICY_MODEL_NAME,
         )
 
     def weights(self, context: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ from grpc import aio
 from services.common.errors import NotReadyError
 from services.common.generated.gensearch.common.v1 import common_pb2
 from services.common.generated.gensearch.ranking.v1 import ranking_pb2, ranking_pb2_grpc
+from services.common.onnx_sessions import providers_in_use
 from services.ranking.config import RankingSettings
 from services.ranking.engine import Ranker
 
@@ -59,4 +60,5 @@ class RankingApp(ranking_pb2_grpc.RankingServiceServicer):
             version=ranker.version,
             manifest_sha256=ranker.manifest_sha256,
             models=ranker.model_names,
+            execution_providers=providers_in_use(),
         )

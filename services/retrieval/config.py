@@ -46,3 +46,11 @@ class RetrievalSettings(ServiceSettings):
     # Items each source hands to the fusion (at least k): a deeper list lets an item that
     # two sources rank moderately beat one that a single source ranks first.
     fusion_depth: int = Field(20, ge=1, le=200, description="candidates per source to fuse")
+    # GPU path (docs/gpu.md); where the ONNX models run is GENSEARCH_ONNX_PROVIDERS.
+    # I/O binding keeps the generator's K/V on the session's device and decodes the common
+    # batch (one trie, one beam width, no exclusions or prior) there, trie masks included
+    # (CuPy when a CUDA device is usable, else numpy). Off by default: on the CPU the host
+    # search is faster (it skips forced beams and walks edge lists, not dense masks).
+    io_binding: bool = Field(False, description="decode through ONNX Runtime I/O binding")
+    # Move the exact (flat) ANN index to the GPU when faiss reports one; HNSW stays on CPU.
+    ann_gpu: bool = Field(False, description="faiss index on the GPU when one is present")

@@ -10,7 +10,9 @@ import time
 import numpy as np
 
 from services.common.artifacts import ArtifactRepository, ArtifactSet
+from services.common.config import load_settings
 from services.common.errors import ArtifactIntegrityError
+from services.common.onnx_sessions import ExecutionSettings, providers_in_use
 from services.common.text_encoder import TEXT_ENCODER_MODEL, TextEncoder
 from services.retrieval.ann import AnnIndex
 from services.retrieval.catalog import Catalog
@@ -92,18 +94,25 @@ def load_engine(settings: RetrievalSettings) -> RetrievalEngine:
     encoding = EncodingConfig.from_json(encoding_cfg.read_text())
     sizes = encoding.codebook_sizes
     codes, trie = _codes_and_trie(arts, tuple(sizes))
+    execution = load_settings(ExecutionSettings)
     generator = OnnxSidGenerator.from_artifact(
         arts.path,
         trie,
         codes,
         settings.intra_op_threads,
         encoder_threads=settings.encoder_threads or None,
+        execution=execution,
+        io_binding=settings.io_binding,
     )
     catalog = Catalog.load(arts, codes)
-    ann = AnnIndex(np.load(arts.path("embeddings/items.npy"), allow_pickle=False))
+    ann = AnnIndex(
+        np.load(arts.path("embeddings/items.npy"), allow_pickle=False),
+        use_gpu=settings.ann_gpu,
+        gpu_device=execution.cuda_device_id,
+    )
     embedder = None
     if arts.has(TEXT_ENCODER_MODEL):
-        embedder = TextEncoder.load(arts.path, settings.intra_op_threads)
+        embedder = TextEncoder.load(arts.path, settings.intra_op_threads, execution=execution)
     prior = _prior(arts, settings, len(catalog))
     lexical = _lexical(arts, len(catalog))
     engine = RetrievalEngine(
@@ -135,6 +144,9 @@ def load_engine(settings: RetrievalSettings) -> RetrievalEngine:
             "items": len(catalog),
             "depth": trie.depth,
             "prior_weight": prior.weight if prior else 0.0,
+            "execution_providers": providers_in_use(),
+            "device_search": generator.device_search is not None,
+            "ann_device": ann.device,
             "seconds": round(time.perf_counter() - start, 2),
         },
     )

@@ -13,6 +13,7 @@ from services.common.errors import InvalidInputError, NotReadyError
 from services.common.generated.gensearch.common.v1 import common_pb2
 from services.common.generated.gensearch.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.common.interceptors import current_deadline
+from services.common.onnx_sessions import providers_in_use
 from services.retrieval.batching import DynamicBatcher
 from services.retrieval.config import RetrievalSettings
 from services.retrieval.engine import DecodeJob, RetrievalEngine
@@ -110,4 +111,5 @@ class RetrievalApp(retrieval_pb2_grpc.RetrievalServiceServicer):
             version=engine.version,
             manifest_sha256=engine.manifest_sha256,
             models=engine.model_names,
+            execution_providers=providers_in_use(),
         )

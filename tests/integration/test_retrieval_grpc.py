@@ -102,6 +102,9 @@ def test_get_info_reports_the_served_version(retrieval: RetrievalClient) -> None
     assert info.version == retrieval.version
     assert len(info.manifest_sha256) == 64
     assert {"generator_encoder", "generator_decoder"} <= set(info.models)
+    # where each ONNX model runs (GENSEARCH_ONNX_PROVIDERS; the CPU by default)
+    assert info.execution_providers["generator_decoder"] == "CPUExecutionProvider"
+    assert info.execution_providers["generator_encoder"] == "CPUExecutionProvider"
 
 
 def test_retrieve_returns_k_distinct_real_items(retrieval: RetrievalClient) -> None:
