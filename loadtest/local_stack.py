@@ -140,6 +140,7 @@ class Stack:
     query_understanding: ServiceProcess | None = None
     ranking: ServiceProcess | None = None
     retrieval_metrics_port: int = 0
+    rag_rerank: ServiceProcess | None = None
 
     def request(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
@@ -185,15 +186,18 @@ def start_stack(
     query_understanding: bool | None = None,
     ranking: bool | None = None,
     ranking_env: Mapping[str, str] | None = None,
+    rag_rerank: bool | None = None,
     ready_timeout: float = 180.0,
 ) -> Stack:
-    """Start retrieval, query understanding and ranking (``None``: when the artifact has
-    their models) and the gateway; return once the gateway's ``/readyz`` is 200 and the
-    optional services are SERVING."""
+    """Start retrieval, query understanding, ranking and RAG rerank (``None``: when the
+    artifact has their models) and the gateway; return once the gateway's ``/readyz`` is 200
+    and the optional services are SERVING."""
     if query_understanding is None:
         query_understanding = has_query_understanding(artifact_root)
     if ranking is None:
         ranking = has_ranker(artifact_root)
+    if rag_rerank is None:
+        rag_rerank = has_rag_reranker(artifact_root)
     rport, gport, rmetrics = free_port(), free_port(), free_port()
     common = {"GENSEARCH_ARTIFACT_DIR": str(artifact_root)}
     retrieval = stack.enter_context(
@@ -223,6 +227,7 @@ def start_stack(
         if ranking
         else None
     )
+    rag = start_service(stack, RAG_RERANK, artifact_root, logs, wait=False) if rag_rerank else None
     gateway = stack.enter_context(
         running_process(
             ["-m", "services.gateway"],
@@ -232,6 +237,7 @@ def start_stack(
                 "GENSEARCH_GATEWAY_RETRIEVAL_ADDR": f"127.0.0.1:{rport}",
                 "GENSEARCH_GATEWAY_QUERY_UNDERSTANDING_ADDR": f"127.0.0.1:{qu.port}" if qu else "",
                 "GENSEARCH_GATEWAY_RANKING_ADDR": f"127.0.0.1:{rk.port}" if rk else "",
+                "GENSEARCH_GATEWAY_RAG_RERANK_ADDR": f"127.0.0.1:{rag.port}" if rag else "",
                 "GENSEARCH_GATEWAY_REDIS_URL": redis_url,
                 "GENSEARCH_GATEWAY_REDIS_KEY_PREFIX": f"gs{gport}",
                 "GENSEARCH_GATEWAY_BREAKER_RESET_SECONDS": "0.5",
@@ -240,9 +246,9 @@ def start_stack(
             logs / "gateway.log",
         )
     )
-    s = Stack(f"http://127.0.0.1:{gport}", rport, retrieval, gateway, logs, qu, rk, rmetrics)
+    s = Stack(f"http://127.0.0.1:{gport}", rport, retrieval, gateway, logs, qu, rk, rmetrics, rag)
     procs = [(retrieval, "retrieval"), (gateway, "gateway")]
-    optional = [p for p in (qu, rk) if p is not None]
+    optional = [p for p in (qu, rk, rag) if p is not None]
     procs += [(p.proc, p.name) for p in optional]
 
     def ready() -> bool:
@@ -276,6 +282,14 @@ def has_ranker(artifact_root: Path) -> bool:
     return ArtifactRepository(artifact_root).open().has(RANKER_MODEL)
 
 
+def has_rag_reranker(artifact_root: Path) -> bool:
+    """Whether the CURRENT version under ``artifact_root`` has the RAG reranker."""
+    from services.common.artifacts import ArtifactRepository
+    from services.rag_rerank.model import RERANKER_CONFIG
+
+    return ArtifactRepository(artifact_root).open().has(RERANKER_CONFIG)
+
+
 @dataclass(frozen=True)
 class ServiceKind:
     """How to start one gRPC service: its module, name and settings' env prefix."""
@@ -288,6 +302,7 @@ class ServiceKind:
 RETRIEVAL = ServiceKind("services.retrieval", "retrieval", "GENSEARCH_RETRIEVAL_")
 QU = ServiceKind("services.query_understanding", "query_understanding", "GENSEARCH_QU_")
 RANKING = ServiceKind("services.ranking", "ranking", "GENSEARCH_RANKING_")
+RAG_RERANK = ServiceKind("services.rag_rerank", "rag_rerank", "GENSEARCH_RAG_RERANK_")
 
 
 @dataclass

@@ -46,8 +46,7 @@ class MixShares:
     feed: float = 0.15  # empty query: the recommendation feed of a known user
     item: float = 0.15  # GET /v1/items/{id} of an item in a user's history
     bad: float = 0.02  # client mistakes; only a 4xx is acceptable
-    # RAG (/v1/rag/context) is not served yet; give it a share once the endpoint exists.
-    rag: float = 0.0
+    rag: float = 0.03  # /v1/rag/context (a question) or /v1/rag/rerank (history items)
     known_user: float = 0.7  # of text searches: sent with a real user id (else anonymous)
     wands: float = 0.3  # of text searches: a real WANDS query (else a derived one)
     exclude_history: float = 0.3  # of feeds: with filters.exclude_history
@@ -58,8 +57,6 @@ class MixShares:
         weights = [getattr(self, kind) for kind in KINDS]
         if any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(f"kind shares must be >= 0 and not all 0: {weights}")
-        if self.rag:
-            raise ValueError("rag share must be 0: the gateway has no RAG endpoint yet")
         for name in ("known_user", "wands", "exclude_history"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1]")
@@ -132,6 +129,8 @@ def _bad_requests(k: int) -> list[tuple[str, str, dict[str, Any] | None, frozens
         ("POST", search, {"query": "drill bit", "k": k, "filters": "tools"}, INVALID),
         ("GET", "/v1/items/zz-no-such-item-0", None, NOT_FOUND),
         ("GET", "/v1/items/not%20an%20id", None, INVALID),
+        ("POST", "/v1/rag/rerank", {"query": "which brand", "documents": []}, INVALID),
+        ("POST", "/v1/rag/context", {"query": "", "items": 3}, INVALID),
     ]
 
 
@@ -170,8 +169,8 @@ class RequestMix:
             "feed": self._feed,
             "item": self._item,
             "bad": self._bad,
+            "rag": self._rag,
         }
-        # RAG has no planner: MixShares refuses a rag share until the endpoint exists.
         self._planners = [planners[k] for k in KINDS if getattr(self.shares, k) > 0]
         self._weights = [getattr(self.shares, k) for k in KINDS if getattr(self.shares, k) > 0]
 
@@ -232,8 +231,23 @@ class RequestMix:
 
     def _bad(self) -> PlannedRequest:
         method, path, body, ok = self.rng.choice(self.bad)
-        name = "/v1/search [bad]" if path == "/v1/search" else "/v1/items/{id} [bad]"
+        name = f"{path} [bad]" if not path.startswith("/v1/items/") else "/v1/items/{id} [bad]"
         return PlannedRequest("bad", method, path, body, name, ok)
+
+    def _rag(self) -> PlannedRequest:
+        """Half: the context for a shopper's question; half: reranking the passages of
+        three history items for it."""
+        query, issuer = self.query()
+        question = f"which brand makes the {query}"
+        if self.rng.random() < 0.5:
+            body: dict[str, Any] = {"query": question, "items": 5, "max_documents": 3}
+            if issuer is not None:
+                body["user_id"] = issuer
+            return PlannedRequest("rag", "POST", "/v1/rag/context", body, "/v1/rag/context", OK)
+        _, history = self.user()
+        docs = [{"item_id": i} for i in history[-3:]] or [{"text": query}]
+        body = {"query": question, "documents": docs, "max_documents": 3}
+        return PlannedRequest("rag", "POST", "/v1/rag/rerank", body, "/v1/rag/rerank", OK)
 
 
 def catalog_categories(root: Path, depth: int = 2, version: str | None = None) -> list[str]:

@@ -62,10 +62,13 @@ STEPS: list[tuple[str, str]] = [
     ("generator", "models_export.generator.pipeline_step:step_generator"),
     ("fusion", "models_export.hybrid_step:step_fusion"),
     ("ranking", "models_export.ranking.step:step_ranking"),
+    ("rag", "models_export.rag.step:step_rag"),
     ("eval_baselines", "models_export.evaluation.pipeline_step:step_eval_baselines"),
+    # GPU machines only (skips itself without TensorRT): keep it last, after every ONNX export
+    ("tensorrt", "models_export.tensorrt_step:step_tensorrt"),
 ]
-#: left out of quick builds: measurements, not what the stack needs to serve
-QUICK_SKIPS: frozenset[str] = frozenset({"eval_baselines"})
+#: left out of quick builds: measurements and GPU engines, not what the stack needs to serve
+QUICK_SKIPS: frozenset[str] = frozenset({"eval_baselines", "tensorrt"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,7 +355,11 @@ def extend(
     config = dict(old.manifest.config)
     is_quick = config.get("build") == "quick" if quick is None else quick
     settings = BuildSettings.for_mode(is_quick)
-    config["extended_from"] = {"version": old.version, "steps": names}
+    config["extended_from"] = {
+        "version": old.version,
+        "steps": names,
+        "settings": "quick" if is_quick else "full",
+    }
     config["steps"] = [
         *config.get("steps", []),
         *[n for n in names if n not in config.get("steps", [])],
@@ -395,6 +402,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--only", action="append", default=[], metavar="STEP", help="with --extend (repeatable)"
     )
+    parser.add_argument(
+        "--full-settings",
+        action="store_true",
+        help="with --extend: run the --only steps with full settings even on a quick base",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -411,7 +423,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.only:
             print("--extend needs at least one --only STEP")
             return 2
-        extend(root, args.extend, list(args.only), dataset)
+        extend(
+            root, args.extend, list(args.only), dataset, quick=False if args.full_settings else None
+        )
         return 0
     build(root, dataset, quick=args.quick, skip=frozenset(args.skip))
     return 0

@@ -38,11 +38,14 @@ DEFAULTS = {
     "GENSEARCH_QU_METRICS_PORT": "9102",
     "GENSEARCH_RANKING_PORT": "50053",
     "GENSEARCH_RANKING_METRICS_PORT": "9103",
+    "GENSEARCH_RAG_RERANK_PORT": "50054",
+    "GENSEARCH_RAG_RERANK_METRICS_PORT": "9104",
 }
 #: how long a ready gateway waits for its optional stages before the demo search
 OPTIONAL_STAGE_GRACE_S = 60.0
 QU_ADDR_ENV = "GENSEARCH_GATEWAY_QUERY_UNDERSTANDING_ADDR"
 RANKING_ADDR_ENV = "GENSEARCH_GATEWAY_RANKING_ADDR"
+RAG_ADDR_ENV = "GENSEARCH_GATEWAY_RAG_RERANK_ADDR"
 
 
 def ensure_artifacts(full: bool) -> str:
@@ -78,17 +81,19 @@ def has_text(version: str) -> bool:
 
 
 def processes(version: str) -> list[str]:
-    """The Procfile entries to start: query understanding and ranking only when
-    ``version`` has their models (a catalog without item text has neither)."""
+    """The Procfile entries to start: query understanding, ranking and RAG rerank only
+    when ``version`` has their models (a catalog without item text has none of them)."""
     from services.query_understanding.lexicon import LEXICON_FILE
+    from services.rag_rerank.model import RERANKER_CONFIG
     from services.ranking.model import RANKER_MODEL
 
     arts = ArtifactRepository(artifact_root()).open(version)
-    optional = [
-        name
-        for name, rel in (("query_understanding", LEXICON_FILE), ("ranking", RANKER_MODEL))
-        if arts.has(rel)
-    ]
+    stages = (
+        ("query_understanding", LEXICON_FILE),
+        ("ranking", RANKER_MODEL),
+        ("rag_rerank", RERANKER_CONFIG),
+    )
+    optional = [name for name, rel in stages if arts.has(rel)]
     return ["retrieval", *optional, "gateway"]
 
 
@@ -167,6 +172,8 @@ def main() -> int:
         env.setdefault(QU_ADDR_ENV, f"127.0.0.1:{env['GENSEARCH_QU_PORT']}")
     if "ranking" in names:
         env.setdefault(RANKING_ADDR_ENV, f"127.0.0.1:{env['GENSEARCH_RANKING_PORT']}")
+    if "rag_rerank" in names:
+        env.setdefault(RAG_ADDR_ENV, f"127.0.0.1:{env['GENSEARCH_RAG_RERANK_PORT']}")
     # The Procfile says ``python``: make it this interpreter (the project's venv).
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     base = f"http://127.0.0.1:{env['GENSEARCH_GATEWAY_PORT']}"

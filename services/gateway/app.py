@@ -28,6 +28,7 @@ from services.common.artifacts import ArtifactRepository
 from services.common.generated.gensearch.query_understanding.v1 import (
     query_understanding_pb2_grpc,
 )
+from services.common.generated.gensearch.rag_rerank.v1 import rag_rerank_pb2_grpc
 from services.common.generated.gensearch.ranking.v1 import ranking_pb2_grpc
 from services.common.generated.gensearch.retrieval.v1 import retrieval_pb2_grpc
 from services.common.logging import request_id_var
@@ -38,10 +39,15 @@ from services.gateway.errors import ApiError
 from services.gateway.fast_search import FastSearchMiddleware
 from services.gateway.materialize import materialize
 from services.gateway.metrics import RATE_LIMITED, http_latency, http_requests
+from services.gateway.rag import RagService, RagUnavailableError
 from services.gateway.schemas import (
     ID_PATTERN,
     ErrorResponse,
     ItemResponse,
+    RagContextRequest,
+    RagContextResponse,
+    RagRerankRequest,
+    RagRerankResponse,
     SearchRequest,
     SearchResponse,
 )
@@ -138,6 +144,11 @@ class _Components:
     store: FeatureStore
     retrieval: Downstream
     service: SearchService
+    rag: RagService
+
+    def downstreams(self) -> list[Downstream]:
+        optional = (self.service.qu, self.service.ranking, self.rag.rerank_stage)
+        return [self.retrieval, *(d for d in optional if d is not None)]
 
 
 def _build(settings: GatewaySettings) -> _Components:
@@ -169,7 +180,18 @@ def _build(settings: GatewaySettings) -> _Components:
             ranking_pb2_grpc.RankingServiceStub,
         ),
     )
-    return _Components(store, retrieval, service)
+    rag = RagService(
+        settings,
+        service,
+        _downstream(
+            settings,
+            "rag_rerank",
+            settings.rag_rerank_addr,
+            "gensearch.rag_rerank.v1.RagRerankService",
+            rag_rerank_pb2_grpc.RagRerankServiceStub,
+        ),
+    )
+    return _Components(store, retrieval, service, rag)
 
 
 def create_app(settings: GatewaySettings) -> ASGIApp:
@@ -223,9 +245,7 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
             # The in-process store's features live as long as the process: keep the
             # cyclic garbage collector from scanning them again on every full collection.
             gc.freeze()
-        readiness.stages = {
-            d.stage: await d.health() for d in (service.qu, service.ranking) if d is not None
-        }
+        readiness.stages = {d.stage: await d.health() for d in c.downstreams()[1:]}
         readiness.ready, readiness.reason = True, f"serving {version}"
         readiness.served_once = True
 
@@ -246,9 +266,8 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        for downstream in (c.retrieval, c.service.qu, c.service.ranking):
-            if downstream is not None:
-                await downstream.close()
+        for downstream in c.downstreams():
+            await downstream.close()
         await c.store.close()
 
     app = FastAPI(
@@ -352,6 +371,46 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
             category=found.get("category"),
             artifact_version=version,
         )
+
+    async def answer_rag(body: RagRerankRequest | RagContextRequest, rid: str) -> Response:
+        if not readiness.served_once:
+            raise ApiError(503, f"not ready: {readiness.reason}", {"Retry-After": "1"})
+        rag = parts().rag
+        try:
+            if isinstance(body, RagRerankRequest):
+                answer = await rag.rerank(body, rid)
+            else:
+                answer = await rag.context(body, rid)
+        except RagUnavailableError as exc:
+            headers = {"Retry-After": "1"} if exc.status >= 500 else None
+            raise ApiError(exc.status, exc.reason, headers) from exc
+        except SearchUnavailableError as exc:
+            raise ApiError(exc.status, exc.reason, {"Retry-After": "1"}) from exc
+        except SearchRejectedError as exc:
+            raise ApiError(exc.status, exc.reason) from exc
+        return Response(orjson.dumps(answer), media_type="application/json")
+
+    @app.post(
+        "/v1/rag/rerank",
+        response_model=RagRerankResponse,
+        response_model_exclude_none=True,
+        dependencies=guarded,
+        responses={422: {"model": ErrorResponse}},
+        summary="Score documents for a question; select those worth giving an LLM (or none)",
+    )
+    async def rag_rerank(body: RagRerankRequest, request: Request) -> Response:
+        return await answer_rag(body, request.state.request_id)
+
+    @app.post(
+        "/v1/rag/context",
+        response_model=RagContextResponse,
+        response_model_exclude_none=True,
+        dependencies=guarded,
+        responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+        summary="Search, then the top items' passages worth giving an LLM (possibly none)",
+    )
+    async def rag_context(body: RagContextRequest, request: Request) -> Response:
+        return await answer_rag(body, request.state.request_id)
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from services.common.limits import MAX_EXCLUDE
 from services.common.text import MAX_QUERY_CHARS, normalize_query
@@ -154,3 +161,103 @@ class ItemResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: str
+
+
+class RagDocument(BaseModel):
+    """A document to rerank: its ``text``, or an ``item_id`` whose catalog passages (a spec
+    passage and up to two description passages) are each scored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(None, max_length=128, description="Your id, echoed back.")
+    text: str | None = Field(None, min_length=1, max_length=4000)
+    item_id: ItemId | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RagDocument:
+        if (self.item_id is None) == (self.text is None):
+            raise ValueError("give exactly one of text and item_id")
+        return self
+
+
+class RagRerankRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "query": "Which brand makes the 6 inch digital caliper?",
+                    "documents": [
+                        {"id": "a", "text": "Digital Caliper 0-6 inch. Brand: Neiko."},
+                        {"item_id": "965"},
+                    ],
+                    "max_documents": 3,
+                }
+            ]
+        },
+    )
+
+    query: str = Field(..., min_length=1, max_length=512, description="The question.")
+    documents: list[RagDocument] = Field(..., min_length=1, max_length=100)
+    max_documents: int = Field(3, ge=1, le=20, description="Select at most this many (best first).")
+    min_score: float | None = Field(
+        None, description="Override the artifact's calibrated threshold (a reranker logit)."
+    )
+    timeout_ms: int | None = Field(None, ge=MIN_TIMEOUT_MS, le=10_000)
+
+
+class RagScoredDocument(BaseModel):
+    id: str
+    item_id: str | None = None
+    text: str
+    score: float = Field(description="Predicted information gain (a logit; higher helps more).")
+    selected: bool
+    truncated: bool = Field(description="Cut to the model's maximum length before scoring.")
+
+
+class RagRerankResponse(BaseModel):
+    request_id: str
+    documents: list[RagScoredDocument] = Field(description="Every document, best first.")
+    none_selected: bool = Field(description="No document is expected to help: answer without.")
+    threshold: float
+    variant: str
+    max_tokens: int
+    artifact_version: str
+
+
+class RagContextRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"query": "which brand makes nitrile exam gloves", "user_id": "42"}]
+        },
+    )
+
+    query: str = Field(..., min_length=1, max_length=512, description="The shopper's question.")
+    user_id: UserId | None = None
+    items: int = Field(5, ge=1, le=20, description="Top search results whose passages compete.")
+    max_documents: int = Field(3, ge=1, le=20)
+    min_score: float | None = None
+    timeout_ms: int | None = Field(None, ge=MIN_TIMEOUT_MS, le=10_000)
+
+
+class RagContextDocument(BaseModel):
+    id: str
+    item_id: str
+    text: str
+    score: float | None = Field(None, description="Reranker score; absent when degraded.")
+
+
+class RagContextResponse(BaseModel):
+    request_id: str
+    query: str
+    documents: list[RagContextDocument] = Field(
+        description="The documents to hand the LLM, best first; empty when none helps."
+    )
+    context: str = Field(description="The documents joined, ready for a prompt ('' if none).")
+    searched_item_ids: list[str]
+    none_selected: bool
+    threshold: float | None = None
+    artifact_version: str
+    degraded: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)

@@ -22,9 +22,25 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 THIRD_PARTY = {"redis", "prometheus", "grafana"}
-GRPC_PORTS = {"retrieval": 50051, "query_understanding": 50052, "ranking": 50053}
-ENV_PREFIXES = {"retrieval": "RETRIEVAL", "query_understanding": "QU", "ranking": "RANKING"}
-METRICS_PORTS = {"retrieval": 9101, "query_understanding": 9102, "ranking": 9103, "gateway": 8000}
+GRPC_PORTS = {
+    "retrieval": 50051,
+    "query_understanding": 50052,
+    "ranking": 50053,
+    "rag_rerank": 50054,
+}
+ENV_PREFIXES = {
+    "retrieval": "RETRIEVAL",
+    "query_understanding": "QU",
+    "ranking": "RANKING",
+    "rag_rerank": "RAG_RERANK",
+}
+METRICS_PORTS = {
+    "retrieval": 9101,
+    "query_understanding": 9102,
+    "ranking": 9103,
+    "rag_rerank": 9104,
+    "gateway": 8000,
+}
 IMAGE = "gensearch:local"
 DOCKERFILE = "deploy/docker/Dockerfile"
 

@@ -11,11 +11,13 @@ from prometheus_client import REGISTRY
 
 import services.gateway.metrics  # registers the gateway metrics
 import services.query_understanding.metrics
+import services.rag_rerank.metrics
 import services.ranking.metrics
 import services.retrieval.metrics  # noqa: F401
 from services.common.config import ServiceSettings
 from services.gateway.config import GatewaySettings
 from services.query_understanding.config import QueryUnderstandingSettings
+from services.rag_rerank.config import RagRerankSettings
 from services.ranking.config import RankingSettings
 from services.retrieval.config import RetrievalSettings
 
@@ -26,6 +28,7 @@ SETTINGS = {
     "GENSEARCH_RETRIEVAL_": RetrievalSettings,
     "GENSEARCH_QU_": QueryUnderstandingSettings,
     "GENSEARCH_RANKING_": RankingSettings,
+    "GENSEARCH_RAG_RERANK_": RagRerankSettings,
 }
 
 

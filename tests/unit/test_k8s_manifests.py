@@ -28,7 +28,12 @@ OVERLAYS = ("dev", "prod")
 # The oldest of the newest three minors kubernetes-validate 1.37.0 ships (1.25 to 1.37), i.e.
 # the oldest minor upstream still supports: a field newer than that fails validation.
 KUBERNETES_VERSION = "1.35.0"
-GRPC_SERVICES = {"retrieval": "RETRIEVAL", "query-understanding": "QU", "ranking": "RANKING"}
+GRPC_SERVICES = {
+    "retrieval": "RETRIEVAL",
+    "query-understanding": "QU",
+    "ranking": "RANKING",
+    "rag-rerank": "RAG_RERANK",
+}
 DEPLOYMENTS = {*GRPC_SERVICES, "gateway"}
 REDIS_CLIENTS = {"ranking": "GENSEARCH_RANKING_REDIS_URL", "gateway": "GENSEARCH_GATEWAY_REDIS_URL"}
 

@@ -87,7 +87,11 @@ def test_build_writes_a_complete_verified_version(
     assert new.version == extended.version != ctx.version
     new.verify()
     assert new.has("lexical/config.json") and not art.has("lexical/config.json")
-    assert new.manifest.config["extended_from"] == {"version": ctx.version, "steps": ["lexical"]}
+    assert new.manifest.config["extended_from"] == {
+        "version": ctx.version,
+        "steps": ["lexical"],
+        "settings": "quick",
+    }
     assert new.has("eval/probe.json")  # everything the base version held is kept
     assert art.manifest.eval["probe"] == {"ok": True, "quick": True}
     assert art.manifest.eval["queries"]["derived"] is True

@@ -6,12 +6,12 @@ import statistics
 from collections import Counter
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from loadtest.workload_mix import KINDS, MixShares, PlannedRequest, RequestMix
 from models_export.dataset_files import wands_queries
 from services.common.config import data_dir
-from services.gateway.schemas import SearchRequest
+from services.gateway.schemas import RagContextRequest, RagRerankRequest, SearchRequest
 
 WANDS = wands_queries(data_dir())
 # 200 users, each issuing one of 120 derived queries, with a short history
@@ -42,7 +42,19 @@ def test_kind_shares_come_out_near_their_configured_values() -> None:
     for kind in KINDS:
         assert counts[kind] / DRAWS == pytest.approx(getattr(shares, kind) / total, abs=0.01)
     assert counts["bad"] / DRAWS == pytest.approx(0.02, abs=0.005)
-    assert counts["rag"] == 0
+    assert counts["rag"] > 0
+
+
+def test_rag_requests_are_valid_context_and_rerank_calls() -> None:
+    rag = [r for r in _draw(_mix(MixShares(rag=1.0))) if r.kind == "rag"]
+    paths = Counter(r.path for r in rag)
+    assert set(paths) == {"/v1/rag/context", "/v1/rag/rerank"}
+    assert paths["/v1/rag/context"] / len(rag) == pytest.approx(0.5, abs=0.05)
+    for r in rag:
+        assert r.body is not None and r.body["query"] and r.ok_status == frozenset({200})
+        if r.path == "/v1/rag/rerank":
+            docs = r.body["documents"]
+            assert 1 <= len(docs) <= 3 and all(set(d) in ({"item_id"}, {"text"}) for d in docs)
 
 
 def test_known_users_anonymous_and_wands_shares() -> None:
@@ -93,18 +105,23 @@ def test_feeds_filters_and_item_lookups() -> None:
 
 def test_every_good_search_is_valid_and_every_bad_one_is_not() -> None:
     plan = _draw(_mix())
+    models: dict[str, type[BaseModel]] = {
+        "/v1/search": SearchRequest,
+        "/v1/rag/context": RagContextRequest,
+        "/v1/rag/rerank": RagRerankRequest,
+    }
     for r in plan:
         if r.method == "POST" and r.kind != "bad":
-            SearchRequest.model_validate(r.body)
-            assert r.ok_status == {200} and r.expect_items
+            models[r.path].model_validate(r.body)
+            assert r.ok_status == {200} and r.expect_items == (r.kind != "rag")
     bad = [r for r in plan if r.kind == "bad"]
-    assert {r.path for r in bad} >= {"/v1/search", "/v1/items/zz-no-such-item-0"}
+    assert {r.path for r in bad} >= {"/v1/search", "/v1/items/zz-no-such-item-0", "/v1/rag/rerank"}
     for r in bad:
         assert r.ok_status and all(400 <= s < 500 for s in r.ok_status)
         if r.method == "POST":
             with pytest.raises(ValidationError):
-                SearchRequest.model_validate(r.body)
-    bodies = [r.body for r in bad if r.body]
+                models[r.path].model_validate(r.body)
+    bodies = [r.body for r in bad if r.body and r.path == "/v1/search"]
     assert {b.get("k") for b in bodies} >= {0, 10_000}
     assert any(len(b["query"]) == 5000 for b in bodies)
     assert any("filters" in b for b in bodies)
@@ -123,12 +140,12 @@ def test_failure_verdicts() -> None:
     assert bad.failure(500, lambda: {}) is not None
 
 
-def test_share_overrides_and_rag_guard() -> None:
+def test_share_overrides_and_guards() -> None:
     shares = MixShares.from_env(
         {"GENSEARCH_LOCUST_SHARE_BAD": "0.2", "GENSEARCH_LOCUST_SHARE_K": "5"}
     )
     assert shares.bad == 0.2 and shares.k == 5 and shares.search == MixShares().search
-    with pytest.raises(ValueError, match="RAG"):
-        MixShares(rag=0.1)
+    with pytest.raises(ValueError):
+        MixShares(rag=-0.1)
     with pytest.raises(ValueError):
         MixShares(known_user=1.5)
