@@ -41,6 +41,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ),
     ("evaluate-spelling", "models_export.spelling_eval", "spelling correction on typo'd queries"),
     ("report-ranking", "models_export.ranking.report", "the ranker's two-stage test evaluation"),
+    ("report-rag", "models_export.rag.report", "the RAG reranker's exact-match evaluation"),
 ]
 
 

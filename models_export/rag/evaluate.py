@@ -21,7 +21,7 @@ import numpy as np
 from models_export.rag.lm import LabellingLm, answer_in, exact_match
 from models_export.rag.qa import Question
 from models_export.rag.reranker import ndcg_at
-from models_export.ranking.metrics import paired_bootstrap
+from models_export.ranking.metrics import auc, paired_bootstrap
 
 Ranker = Callable[[Question], np.ndarray]  # scores over q.candidates
 
@@ -29,23 +29,66 @@ Ranker = Callable[[Question], np.ndarray]  # scores over q.candidates
 @dataclass(frozen=True, slots=True)
 class Threshold:
     value: float
-    valid_gain_policy: float  # mean DIG of what the policy passes (0 for "none")
-    valid_gain_top1: float  # mean DIG of always passing the top-1
+    k: int  # the policy passes at most k documents, each at or above ``value``
+    valid_em: dict[str, float]  # candidate threshold -> EM of the policy on validation
+    valid_em_without: float  # EM of always passing the top k
 
 
-def choose_threshold(scores: Sequence[np.ndarray], dig: Sequence[np.ndarray]) -> Threshold:
-    """The score below which no document is passed: maximises the mean DIG of the top-1
-    document on validation questions, a withheld document counting 0."""
-    top = np.array([float(s.max()) for s in scores])
-    gain = np.array([float(d[int(np.argmax(s))]) for s, d in zip(scores, dig, strict=True)])
-    best_t, best_v = -np.inf, float(gain.mean())
-    for t in np.unique(top):
-        v = float(np.where(top >= t, gain, 0.0).mean())
-        if v > best_v + 1e-12:
-            best_t, best_v = float(t), v
-    if best_t == -np.inf:
-        best_t = float(top.min()) - 1.0
-    return Threshold(best_t, best_v, float(gain.mean()))
+def _chosen(scores: Sequence[np.ndarray], k: int, threshold: float) -> list[tuple[int, ...]]:
+    return [
+        tuple(i for i in np.argsort(-s, kind="stable")[:k].tolist() if s[i] >= threshold)
+        for s in scores
+    ]
+
+
+def _answers(
+    lm: LabellingLm,
+    questions: Sequence[Question],
+    passages: Sequence[str],
+    plans: dict[str, list[tuple[int, ...]]],
+) -> dict[str, list[str]]:
+    """The LM's answer per question under each plan (documents by candidate index), one
+    generation per distinct (question, documents)."""
+    prompts: dict[tuple[str, tuple[int, ...]], list[int]] = {}
+    for chosen in plans.values():
+        for q, c in zip(questions, chosen, strict=True):
+            if (q.qid, c) not in prompts:
+                docs = [passages[q.candidates[i]] for i in c]
+                prompts[(q.qid, c)] = lm.prompt_ids(q.text, docs, q.lead)
+    keys = list(prompts)
+    got = dict(zip(keys, lm.answer([prompts[k] for k in keys], desc="answers"), strict=True))
+    return {
+        name: [got[(q.qid, c)] for q, c in zip(questions, chosen, strict=True)]
+        for name, chosen in plans.items()
+    }
+
+
+def _em(preds: Sequence[str], questions: Sequence[Question]) -> np.ndarray:
+    return np.array(
+        [exact_match(p, q.answer) for p, q in zip(preds, questions, strict=True)], dtype=float
+    )
+
+
+def choose_threshold(
+    lm: LabellingLm,
+    questions: Sequence[Question],
+    passages: Sequence[str],
+    scores: Sequence[np.ndarray],
+    k: int = 3,
+    quantiles: Sequence[float] = (0.25, 0.5, 0.75, 0.9),
+) -> Threshold:
+    """The reranker score below which a document is not passed (InfoGain-RAG's filter):
+    of "no threshold" and the given quantiles of the validation candidates' scores, the one
+    whose top-``k`` policy gets the LM's best exact match on validation questions (ties go
+    to the lower threshold: pass more)."""
+    flat = np.concatenate([np.asarray(s, dtype=np.float64) for s in scores])
+    floor = float(flat.min()) - 1.0  # "no threshold", as a finite number for JSON
+    grid = [floor, *(float(x) for x in np.quantile(flat, quantiles))]
+    plans = {f"{t:.4f}": _chosen(scores, k, t) for t in grid}
+    answers = _answers(lm, questions, passages, plans)
+    em = {name: float(_em(preds, questions).mean()) for name, preds in answers.items()}
+    best = max(grid, key=lambda t: (em[f"{t:.4f}"], -t))
+    return Threshold(round(best, 4), k, {n: round(v, 4) for n, v in em.items()}, em[f"{floor:.4f}"])
 
 
 def evaluate(
@@ -57,6 +100,7 @@ def evaluate(
     policy_ranker: str,
     threshold: float,
     seed: int = 5,
+    helpful_dig: float = 0.05,
 ) -> dict[str, Any]:
     """EM / answer-in for top-1 and top-3 of every ranker, no document, and the threshold
     policy; NDCG@3 against DIG; paired bootstrap of the reranker against the baselines."""
@@ -66,39 +110,20 @@ def evaluate(
         for name, fn in rankers.items()
     }
     scores["random"] = [rng.random(len(q.candidates)) for q in questions]
-    prompts: dict[tuple[str, tuple[int, ...]], list[int]] = {}
-    plan: dict[str, list[tuple[int, ...]]] = {}
-
-    def ask(name: str, chosen: list[tuple[int, ...]]) -> None:
-        plan[name] = chosen
-        for q, c in zip(questions, chosen, strict=True):
-            key = (q.qid, c)
-            if key not in prompts:
-                docs = [passages[q.candidates[i]] for i in c]
-                prompts[key] = lm.prompt_ids(q.text, docs, q.lead)
-
-    ask("none", [() for _ in questions])
+    plan: dict[str, list[tuple[int, ...]]] = {"none": [() for _ in questions]}
     for name, ss in scores.items():
         for k in (1, 3):
-            ask(f"{name}@{k}", [tuple(np.argsort(-s, kind="stable")[:k].tolist()) for s in ss])
-    pol = scores[policy_ranker]
-    for k in (1, 3):
-        ask(
-            f"{policy_ranker}+threshold@{k}",
-            [
-                tuple(i for i in np.argsort(-s, kind="stable")[:k].tolist() if s[i] >= threshold)
-                for s in pol
-            ],
-        )
-    keys = list(prompts)
-    answers = dict(zip(keys, lm.answer([prompts[k] for k in keys], desc="EM answers"), strict=True))
+            plan[f"{name}@{k}"] = _chosen(ss, k, -np.inf)
+            if name == policy_ranker:
+                plan[f"{name}+threshold@{k}"] = _chosen(ss, k, threshold)
+    answers = _answers(lm, questions, passages, plan)
     rows: dict[str, Any] = {}
     em_by: dict[str, np.ndarray] = {}
     for name, chosen in plan.items():
-        preds = [answers[(q.qid, c)] for q, c in zip(questions, chosen, strict=True)]
-        em = np.array([exact_match(p, q.answer) for p, q in zip(preds, questions, strict=True)])
-        hit = np.array([answer_in(p, q.answer) for p, q in zip(preds, questions, strict=True)])
-        em_by[name] = em.astype(np.float64)
+        em = em_by[name] = _em(answers[name], questions)
+        hit = np.array(
+            [answer_in(p, q.answer) for p, q in zip(answers[name], questions, strict=True)]
+        )
         rows[name] = {
             "em": round(float(em.mean()), 4),
             "answer_in": round(float(hit.mean()), 4),
@@ -124,15 +149,15 @@ def evaluate(
                     "low": round(lo, 4),
                     "high": round(hi, 4),
                 }
+    helpful = np.array([float(np.max(d)) > helpful_dig for d in dig])
+    top_score = np.array([float(np.max(s)) for s in scores[policy_ranker]])
     answerable = np.array([q.answerable for q in questions])
     nodoc = np.array([len(c) == 0 for c in plan[f"{policy_ranker}+threshold@1"]])
     examples = [
         {
             "question": q.text,
             "answer": q.answer,
-            "none": answers[(q.qid, ())],
-            f"{policy_ranker}@1": answers[(q.qid, plan[f"{policy_ranker}@1"][i])],
-            "bm25@1": answers[(q.qid, plan["bm25@1"][i])],
+            **{name: answers[name][i] for name in ("none", f"{policy_ranker}@1", "bm25@1")},
         }
         for i, q in enumerate(questions[:8])
     ]
@@ -144,6 +169,9 @@ def evaluate(
         "bootstrap_em": boot,
         "threshold_policy": {
             "threshold": round(threshold, 4),
+            # does the best score tell questions some document helps from those none does?
+            "helpful_questions": int(helpful.sum()),
+            "top_score_auc_helpful_vs_not": round(auc(top_score, helpful.astype(int)), 4),
             "no_document_share_answerable": round(float(nodoc[answerable].mean()), 4)
             if answerable.any()
             else None,
@@ -151,6 +179,5 @@ def evaluate(
             if (~answerable).any()
             else None,
         },
-        "generations": len(keys),
         "examples": examples,
     }

@@ -21,6 +21,7 @@ import numpy as np
 from models_export.rag.evaluate import choose_threshold, evaluate
 from models_export.rag.lm import LabellingLm, LmConfig
 from models_export.rag.qa import QaConfig, QaSet, Question, build_qa
+from models_export.rag.report import RAG_EVAL_FILE
 from models_export.rag.reranker import Group, RerankerConfig, export_reranker, train_reranker
 from services.common.text_encoder import TextEncoder
 from services.rag_rerank.model import RERANKER_CONFIG, CrossEncoder
@@ -29,7 +30,6 @@ from services.retrieval.lexical import LexicalConfig, LexicalIndex
 if TYPE_CHECKING:
     from models_export.pipeline import BuildContext
 
-RAG_EVAL_FILE = "rag/eval.json"
 QUESTIONS_FILE = "rag/questions.jsonl"
 CACHE_DIR = Path(".cache/rag")
 #: served by default: int8 (its accuracy cost is in rag/eval.json)
@@ -61,6 +61,8 @@ def step_rag(ctx: BuildContext) -> str:
         return "skipped: the catalog has no item text (no product documents)"
     t0 = time.perf_counter()
     vdir = ctx.version_dir
+    if not (vdir / TEXT_ENCODER_MODEL).is_file():
+        return f"skipped: the version has no {TEXT_ENCODER_MODEL} (the bi-encoder baseline)"
     qa_config = QaConfig.for_mode(ctx.quick)
     qa = build_qa(ctx.items(), ctx.item_embeddings(), qa_config)
     lm = LabellingLm(LmConfig(), cache_dir=CACHE_DIR)
@@ -103,9 +105,9 @@ def step_rag(ctx: BuildContext) -> str:
         return lambda q: enc.score(q.text, [qa.passages[c].text for c in q.candidates]).scores
 
     valid_scores = [ranker(DEFAULT_VARIANT)(q) for q in splits["valid"]]
-    threshold = choose_threshold(valid_scores, dig["valid"])
-    text_encoder = TextEncoder.load(lambda rel: vdir / rel)
     passage_texts = [p.text for p in qa.passages]
+    threshold = choose_threshold(lm, splits["valid"], passage_texts, valid_scores)
+    text_encoder = TextEncoder.load(lambda rel: vdir / rel)
     bm25 = LexicalIndex.build(passage_texts, LexicalConfig())
 
     def bm25_rank(q: Question) -> np.ndarray:
@@ -128,12 +130,14 @@ def step_rag(ctx: BuildContext) -> str:
         },
         policy_ranker="dig_reranker",
         threshold=threshold.value,
+        helpful_dig=config.helpful_dig,
     )
     served = {
         "max_length": config.serve_max_length,
         "threshold": threshold.value,
         "default_variant": DEFAULT_VARIANT,
-        "threshold_chosen_on": "valid questions (DERIVED): mean DIG of the passed top-1",
+        "threshold_chosen_on": f"valid questions (DERIVED): the LM's exact match with the top "
+        f"{threshold.k} documents at or above it",
         "variants": sorted(encoders),
     }
     ctx.path(RERANKER_CONFIG).write_text(json.dumps(served, indent=2) + "\n")
@@ -147,7 +151,9 @@ def step_rag(ctx: BuildContext) -> str:
                 "computed": lm.scored,
                 "from_cache": pairs - lm.scored,
                 "seconds": round(label_seconds, 1),
-                "ms_per_computed_pair": round(1000 * label_seconds / max(1, lm.scored), 1),
+                "ms_per_computed_pair": round(1000 * label_seconds / lm.scored, 1)
+                if lm.scored
+                else None,
                 "dig_mean": round(float(all_dig.mean()), 4),
                 "dig_positive_share": round(float((all_dig > config.helpful_dig).mean()), 4),
             },

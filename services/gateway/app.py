@@ -395,7 +395,8 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
         response_model=RagRerankResponse,
         response_model_exclude_none=True,
         dependencies=guarded,
-        responses={422: {"model": ErrorResponse}},
+        # 400: the reranker refused the request as asked; 404: an unknown item id
+        responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
         summary="Score documents for a question; select those worth giving an LLM (or none)",
     )
     async def rag_rerank(body: RagRerankRequest, request: Request) -> Response:
@@ -406,7 +407,7 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
         response_model=RagContextResponse,
         response_model_exclude_none=True,
         dependencies=guarded,
-        responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+        responses={400: {"model": ErrorResponse}},
         summary="Search, then the top items' passages worth giving an LLM (possibly none)",
     )
     async def rag_context(body: RagContextRequest, request: Request) -> Response:

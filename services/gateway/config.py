@@ -36,6 +36,12 @@ class GatewaySettings(BaseSettings):
     artifact_version: str = ""
     # Total budget of one search; each stage gets a share of what remains.
     request_timeout_ms: int = Field(200, ge=MIN_TIMEOUT_MS, le=10_000)
+    rag_request_timeout_ms: int = Field(
+        1500,
+        ge=MIN_TIMEOUT_MS,
+        le=30_000,
+        description="default deadline of /v1/rag/* (a search plus a cross-encoder pass)",
+    )
     result_cache_ttl_seconds: int = Field(30, ge=0)
     qu_cache_ttl_seconds: int = Field(3600, ge=0)
     default_k: int = Field(10, ge=1, le=100)

@@ -16,17 +16,25 @@ from services.gateway.metrics import BREAKER_OPEN
 class StageFailedError(Exception):
     """A downstream stage did not answer; ``reason`` is safe to show to clients.
 
-    ``invalid``: the stage refused the request itself (INVALID_ARGUMENT); ``reason`` is
-    then the stage's own message (domain errors carry messages meant for callers)."""
+    ``invalid``: the stage refused the request itself (INVALID_ARGUMENT); ``not_found``: it
+    names something the stage does not have (NOT_FOUND); ``reason`` is then the stage's own
+    message (domain errors carry messages meant for callers)."""
 
     def __init__(
-        self, stage: str, reason: str, *, timeout: bool = False, invalid: bool = False
+        self,
+        stage: str,
+        reason: str,
+        *,
+        timeout: bool = False,
+        invalid: bool = False,
+        not_found: bool = False,
     ) -> None:
         super().__init__(f"{stage}: {reason}")
         self.stage = stage
         self.reason = reason
         self.timeout = timeout
         self.invalid = invalid
+        self.not_found = not_found
 
 
 class Downstream:
@@ -56,15 +64,23 @@ class Downstream:
             raise StageFailedError(self.stage, "no time budget left", timeout=True) from exc
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-            if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
+            caller = (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.NOT_FOUND,
+                grpc.StatusCode.FAILED_PRECONDITION,
+            )
+            if code in caller:
                 self.breaker.success()  # the service answered; the request was the problem
             else:
                 self.breaker.failure()
             self._open_gauge.set(int(self.breaker.state == "open"))
-            if code == grpc.StatusCode.INVALID_ARGUMENT:
+            if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
                 detail = exc.details() if hasattr(exc, "details") else None
                 reason = detail or code.name.lower()
-                raise StageFailedError(self.stage, reason, invalid=True) from exc
+                invalid = code == grpc.StatusCode.INVALID_ARGUMENT
+                raise StageFailedError(
+                    self.stage, reason, invalid=invalid, not_found=not invalid
+                ) from exc
             timeout = code == grpc.StatusCode.DEADLINE_EXCEEDED
             raise StageFailedError(self.stage, code.name.lower(), timeout=timeout) from exc
         self.breaker.success()

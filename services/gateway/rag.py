@@ -11,12 +11,14 @@ from pydantic import ValidationError
 from services.common.deadline import Deadline
 from services.common.generated.gensearch.common.v1 import common_pb2
 from services.common.generated.gensearch.rag_rerank.v1 import rag_rerank_pb2
+from services.common.text import normalize_query
 from services.gateway.config import GatewaySettings
 from services.gateway.downstream import Downstream, StageFailedError
 from services.gateway.schemas import (
     MIN_TIMEOUT_MS,
     RagContextRequest,
     RagRerankRequest,
+    RagTextDocument,
     SearchRequest,
 )
 from services.gateway.search import SearchService
@@ -46,7 +48,7 @@ class RagService:
         self.rerank_stage = rerank
 
     def _deadline(self, timeout_ms: int | None) -> Deadline:
-        return Deadline.after((timeout_ms or self.settings.request_timeout_ms) / 1000.0)
+        return Deadline.after((timeout_ms or self.settings.rag_request_timeout_ms) / 1000.0)
 
     async def _call(
         self,
@@ -76,7 +78,9 @@ class RagService:
         if self.rerank_stage is None:
             raise RagUnavailableError(503, "the rag_rerank stage is not configured")
         docs = [
-            rag_rerank_pb2.Document(doc_id=d.id or "", text=d.text or "", item_id=d.item_id or "")
+            rag_rerank_pb2.Document(doc_id=d.id or "", text=d.text)
+            if isinstance(d, RagTextDocument)
+            else rag_rerank_pb2.Document(doc_id=d.id or "", item_id=d.item_id)
             for d in body.documents
         ]
         try:
@@ -88,8 +92,10 @@ class RagService:
                 self._deadline(body.timeout_ms),
             )
         except StageFailedError as exc:
-            if exc.invalid:
-                raise RagUnavailableError(422, exc.reason) from exc
+            if exc.not_found:  # an unknown item id
+                raise RagUnavailableError(404, exc.reason) from exc
+            if exc.invalid:  # refused as asked, like a search's 400
+                raise RagUnavailableError(400, exc.reason) from exc
             status = 504 if exc.timeout else 503
             raise RagUnavailableError(status, f"{exc.stage}: {exc.reason}") from exc
         return {
@@ -116,6 +122,18 @@ class RagService:
         """Search, then rerank the top items' passages. Without the reranker the answer
         degrades to the top items' spec passages in search order."""
         deadline = self._deadline(body.timeout_ms)
+        if not normalize_query(body.query):  # e.g. only punctuation: nothing to search for
+            return {
+                "request_id": request_id,
+                "query": body.query,
+                "searched_item_ids": [],
+                "artifact_version": self.search.version,
+                "documents": [],
+                "context": "",
+                "none_selected": True,
+                "degraded": [],
+                "notes": ["the question has no searchable words: no documents"],
+            }
         try:
             search = SearchRequest.model_validate(
                 {
@@ -127,7 +145,7 @@ class RagService:
             )
         except ValidationError as exc:  # e.g. longer than a search query may be
             reason = "; ".join(str(e["msg"]) for e in exc.errors())
-            raise RagUnavailableError(422, f"query: {reason}") from exc
+            raise RagUnavailableError(400, f"query: {reason}") from exc
         found = await self.search.search(search, request_id)
         item_ids = [str(it["id"]) for it in found["items"]]
         degraded: list[str] = list(found.get("degraded", []))

@@ -10,7 +10,6 @@ from pydantic import (
     Field,
     StringConstraints,
     field_validator,
-    model_validator,
 )
 
 from services.common.limits import MAX_EXCLUDE
@@ -18,6 +17,7 @@ from services.common.text import MAX_QUERY_CHARS, normalize_query
 
 ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,64}$"
 MIN_TIMEOUT_MS = 50
+RAG_MIN_TIMEOUT_MS = 200
 ItemId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 UserId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 Source = Literal["generated", "lexical", "dense", "ann", "popular"]
@@ -163,21 +163,26 @@ class ErrorResponse(BaseModel):
     detail: str
 
 
-class RagDocument(BaseModel):
-    """A document to rerank: its ``text``, or an ``item_id`` whose catalog passages (a spec
-    passage and up to two description passages) are each scored."""
+class RagTextDocument(BaseModel):
+    """A document given as text."""
 
     model_config = ConfigDict(extra="forbid")
 
     id: str | None = Field(None, max_length=128, description="Your id, echoed back.")
-    text: str | None = Field(None, min_length=1, max_length=4000)
-    item_id: ItemId | None = None
+    text: str = Field(..., min_length=1, max_length=4000)
 
-    @model_validator(mode="after")
-    def _one_source(self) -> RagDocument:
-        if (self.item_id is None) == (self.text is None):
-            raise ValueError("give exactly one of text and item_id")
-        return self
+
+class RagItemDocument(BaseModel):
+    """A catalog item, resolved to its passages (a spec passage and up to two description
+    passages), each scored as a document."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(None, max_length=128, description="Your id, echoed back.")
+    item_id: ItemId
+
+
+RagDocument = RagTextDocument | RagItemDocument
 
 
 class RagRerankRequest(BaseModel):
@@ -203,7 +208,13 @@ class RagRerankRequest(BaseModel):
     min_score: float | None = Field(
         None, description="Override the artifact's calibrated threshold (a reranker logit)."
     )
-    timeout_ms: int | None = Field(None, ge=MIN_TIMEOUT_MS, le=10_000)
+    timeout_ms: int | None = Field(
+        None,
+        ge=RAG_MIN_TIMEOUT_MS,
+        le=10_000,
+        description=f"Total deadline; at least {RAG_MIN_TIMEOUT_MS} ms (a cross-encoder pass "
+        "over 20 documents takes tens to hundreds of ms on the 2-core reference machine).",
+    )
 
 
 class RagScoredDocument(BaseModel):
@@ -233,12 +244,33 @@ class RagContextRequest(BaseModel):
         },
     )
 
-    query: str = Field(..., min_length=1, max_length=512, description="The shopper's question.")
+    query: str = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_QUERY_CHARS,
+        description="The shopper's question; searched with, so a search query's limits apply.",
+    )
     user_id: UserId | None = None
     items: int = Field(5, ge=1, le=20, description="Top search results whose passages compete.")
     max_documents: int = Field(3, ge=1, le=20)
     min_score: float | None = None
-    timeout_ms: int | None = Field(None, ge=MIN_TIMEOUT_MS, le=10_000)
+    timeout_ms: int | None = Field(
+        None,
+        ge=RAG_MIN_TIMEOUT_MS,
+        le=10_000,
+        description=f"Total deadline; at least {RAG_MIN_TIMEOUT_MS} ms (a cross-encoder pass "
+        "over 20 documents takes tens to hundreds of ms on the 2-core reference machine).",
+    )
+
+    @field_validator("query")
+    @classmethod
+    def _searchable(cls, value: str) -> str:
+        text = normalize_query(value)
+        if len(text) > MAX_QUERY_CHARS:
+            raise ValueError(
+                f"query is {len(text)} characters after normalisation; at most {MAX_QUERY_CHARS}"
+            )
+        return value
 
 
 class RagContextDocument(BaseModel):

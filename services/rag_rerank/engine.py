@@ -7,7 +7,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from services.common.errors import InvalidInputError, VersionMismatchError
+from services.common.errors import InvalidInputError, NotFoundError, VersionMismatchError
 from services.common.generated.gensearch.rag_rerank.v1 import rag_rerank_pb2
 from services.rag_rerank import metrics
 from services.rag_rerank.config import RagRerankSettings
@@ -63,9 +63,9 @@ class Reranker:
             if d.item_id:
                 found = self.passages.get(d.item_id)
                 if found is None:
-                    raise InvalidInputError(f"documents[{n}]: unknown item_id {d.item_id!r}")
+                    raise NotFoundError(f"documents[{n}]: unknown item_id {d.item_id!r}")
                 docs.extend(_Doc(d.doc_id or p.passage_id, p.text, d.item_id) for p in found)
-            elif d.text.strip():
+            elif d.text:  # whitespace alone is a (useless) document, not an error
                 if len(d.text) > s.max_document_chars:
                     raise InvalidInputError(
                         f"documents[{n}]: {len(d.text)} characters, more than the "

@@ -6,9 +6,12 @@ from __future__ import annotations
 from contextlib import ExitStack
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.local_stack import Stack, free_port, start_stack
+
+pytestmark = pytest.mark.e2e
 
 
 def _metric(stack: Stack, name: str, **labels: str) -> float:

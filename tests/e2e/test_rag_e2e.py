@@ -79,7 +79,6 @@ def test_context_hands_back_passages_of_searched_items(redis_stack: Stack) -> No
         ("/v1/rag/rerank", {"query": "q", "documents": [{"id": "x"}]}),
         ("/v1/rag/rerank", {"query": "q", "documents": [{"text": "a" * 5000}]}),
         ("/v1/rag/rerank", {"query": "q", "documents": [{"text": "a"}] * 101}),
-        ("/v1/rag/rerank", {"query": "q", "documents": [{"item_id": "no-such-item"}]}),
         ("/v1/rag/context", {"query": ""}),
         ("/v1/rag/context", {"query": "q", "items": 0}),
         ("/v1/rag/context", {"query": "x " * 200}),
@@ -89,6 +88,20 @@ def test_bad_input_is_422(redis_stack: Stack, path: str, body: dict[str, object]
     status, payload = _post(redis_stack, path, body)
     assert status == 422, payload
     assert payload["detail"]
+
+
+def test_a_question_without_words_gets_no_documents(redis_stack: Stack) -> None:
+    status, body = _post(redis_stack, "/v1/rag/context", {"query": "*?!"})
+    assert status == 200, body
+    assert body["documents"] == [] and body["none_selected"] is True
+    assert body["searched_item_ids"] == [] and body["notes"]
+
+
+def test_an_unknown_item_is_404(redis_stack: Stack) -> None:
+    body = {"query": "q", "documents": [{"item_id": "no-such"}]}
+    status, payload = _post(redis_stack, "/v1/rag/rerank", body)
+    assert status == 404, payload
+    assert "unknown item_id 'no-such'" in str(payload["detail"])
 
 
 def test_without_the_reranker_context_degrades_and_rerank_is_503(

@@ -112,7 +112,6 @@ def test_long_documents_are_truncated_and_reported(rag: Client) -> None:
     [
         (pb.RerankRequest(query="", documents=_docs("a")), "query"),
         (pb.RerankRequest(query="q"), "at least one document"),
-        (pb.RerankRequest(query="q", documents=[pb.Document(item_id="no-such")]), "unknown"),
         (pb.RerankRequest(query="q", documents=_docs("a" * 5000)), "characters"),
         (pb.RerankRequest(query="q", documents=_docs(*["x"] * 101)), "more than 100"),
         (pb.RerankRequest(query="q" * 600, documents=_docs("a")), "query"),
@@ -129,6 +128,14 @@ def test_bad_input_is_invalid_argument(
         rag.stub.Rerank(request_, timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in (err.value.details() or "")
+
+
+def test_unknown_item_is_not_found(rag: Client) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        rag.stub.Rerank(
+            pb.RerankRequest(query="q", documents=[pb.Document(item_id="no-such")]), timeout=10
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_pinned_other_version_is_refused(rag: Client) -> None:

@@ -9,7 +9,14 @@ import pytest
 from models_export.ingest import Item
 from models_export.rag.evaluate import choose_threshold
 from models_export.rag.lm import ConfidenceConfig, answer_in, confidence, exact_match
-from models_export.rag.qa import QaConfig, build_qa, item_questions, item_split, states
+from models_export.rag.qa import (
+    QaConfig,
+    Question,
+    build_qa,
+    item_questions,
+    item_split,
+    states,
+)
 from models_export.rag.reranker import RerankerConfig, losses, ndcg_at
 from services.rag_rerank.model import select
 from services.rag_rerank.passages import item_passages, short_title
@@ -117,18 +124,45 @@ def test_ranking_loss_prefers_the_dig_order() -> None:
     assert float(flat) == 0.0
 
 
+class _StubLm:
+    """Answers right when a passage names the brand and no distractor is given."""
+
+    def __init__(self) -> None:
+        self.asked: list[list[str]] = []
+
+    def prompt_ids(self, question: str, documents: list[str], lead: str = "") -> list[int]:
+        self.asked.append(list(documents))
+        return [len(self.asked) - 1]
+
+    def answer(self, prompts: list[list[int]], desc: str = "") -> list[str]:
+        out = []
+        for (i,) in prompts:
+            docs = self.asked[i]
+            good = any("Brand: Acme" in d for d in docs) and not any(
+                "Brand: Zed" in d for d in docs
+            )
+            out.append("Acme" if good else "not stated")
+        return out
+
+
 def test_select_and_threshold() -> None:
     scores = np.array([0.2, 2.0, -1.0, 1.0], dtype=np.float32)
     assert select(scores, 0.5, 3) == [1, 3]
     assert select(scores, 5.0, 3) == []  # no document helps
     assert select(scores, -10.0, 2) == [1, 3]
-    # valid questions: a high top score comes with gain, a low one with loss
-    s = [np.array([3.0, 0.0]), np.array([2.5, 0.1]), np.array([-2.0, -3.0])]
-    d = [np.array([0.5, 0.0]), np.array([0.4, 0.0]), np.array([-0.3, 0.0])]
-    t = choose_threshold(s, d)
-    assert -2.0 < t.value <= 2.5
-    assert t.valid_gain_policy == pytest.approx(0.3)
-    assert t.valid_gain_top1 == pytest.approx(0.2)
+    # validation: the helpful passage scores 3, a distractor that misleads the LM 1, others
+    # 0; passing the top 3 includes the distractor, a threshold between 1 and 3 does not
+    passages = ["Widget. Brand: Acme.", "Widget. Brand: Zed.", "A box.", "A lid."]
+    questions = [
+        Question(f"v{i}", str(i), "brand", "Which brand?", "Acme", "valid", "", False, True,
+                 (0, 1, 2, 3))
+        for i in range(4)
+    ]  # fmt: skip
+    s = [np.array([3.0, 1.0, 0.0, 0.0])] * 4
+    t = choose_threshold(_StubLm(), questions, passages, s, k=3, quantiles=(0.5, 0.9))  # type: ignore[arg-type]
+    assert t.valid_em_without == 0.0
+    assert 0.0 < t.value <= 3.0 and t.k == 3
+    assert max(t.valid_em.values()) == 1.0
 
 
 def test_ndcg_at() -> None:
