@@ -23,7 +23,7 @@ from models_export.rag.lm import LabellingLm, LmConfig
 from models_export.rag.qa import QaConfig, QaSet, Question, build_qa
 from models_export.rag.report import RAG_EVAL_FILE
 from models_export.rag.reranker import Group, RerankerConfig, export_reranker, train_reranker
-from services.common.text_encoder import TextEncoder
+from services.common.text_encoder import TEXT_ENCODER_MODEL, TextEncoder
 from services.rag_rerank.model import RERANKER_CONFIG, CrossEncoder
 from services.retrieval.lexical import LexicalConfig, LexicalIndex
 

@@ -23,6 +23,16 @@ UserId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 Source = Literal["generated", "lexical", "dense", "ann", "popular"]
 
 
+def normalized_query(value: str) -> str:
+    """The query in its normal form; ValueError when that is longer than a query may be."""
+    text = normalize_query(value)
+    if len(text) > MAX_QUERY_CHARS:
+        raise ValueError(
+            f"query is {len(text)} characters after normalisation; at most {MAX_QUERY_CHARS}"
+        )
+    return text
+
+
 class SearchFilters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -77,12 +87,7 @@ class SearchRequest(BaseModel):
     @field_validator("query")
     @classmethod
     def _normalise(cls, value: str) -> str:
-        text = normalize_query(value)
-        if len(text) > MAX_QUERY_CHARS:
-            raise ValueError(
-                f"query is {len(text)} characters after normalisation; at most {MAX_QUERY_CHARS}"
-            )
-        return text
+        return normalized_query(value)
 
 
 class SearchItem(BaseModel):
@@ -163,6 +168,18 @@ class ErrorResponse(BaseModel):
     detail: str
 
 
+RagTimeoutMs = Annotated[
+    int | None,
+    Field(
+        ge=RAG_MIN_TIMEOUT_MS,
+        le=10_000,
+        description=f"Total deadline; at least {RAG_MIN_TIMEOUT_MS} ms (a cross-encoder pass "
+        "over 20 documents takes tens to hundreds of ms on the 2-core reference machine); "
+        "default from the server config.",
+    ),
+]
+
+
 class RagTextDocument(BaseModel):
     """A document given as text."""
 
@@ -208,13 +225,7 @@ class RagRerankRequest(BaseModel):
     min_score: float | None = Field(
         None, description="Override the artifact's calibrated threshold (a reranker logit)."
     )
-    timeout_ms: int | None = Field(
-        None,
-        ge=RAG_MIN_TIMEOUT_MS,
-        le=10_000,
-        description=f"Total deadline; at least {RAG_MIN_TIMEOUT_MS} ms (a cross-encoder pass "
-        "over 20 documents takes tens to hundreds of ms on the 2-core reference machine).",
-    )
+    timeout_ms: RagTimeoutMs = None
 
 
 class RagScoredDocument(BaseModel):
@@ -254,22 +265,12 @@ class RagContextRequest(BaseModel):
     items: int = Field(5, ge=1, le=20, description="Top search results whose passages compete.")
     max_documents: int = Field(3, ge=1, le=20)
     min_score: float | None = None
-    timeout_ms: int | None = Field(
-        None,
-        ge=RAG_MIN_TIMEOUT_MS,
-        le=10_000,
-        description=f"Total deadline; at least {RAG_MIN_TIMEOUT_MS} ms (a cross-encoder pass "
-        "over 20 documents takes tens to hundreds of ms on the 2-core reference machine).",
-    )
+    timeout_ms: RagTimeoutMs = None
 
     @field_validator("query")
     @classmethod
     def _searchable(cls, value: str) -> str:
-        text = normalize_query(value)
-        if len(text) > MAX_QUERY_CHARS:
-            raise ValueError(
-                f"query is {len(text)} characters after normalisation; at most {MAX_QUERY_CHARS}"
-            )
+        normalized_query(value)  # the search it runs must accept it
         return value
 
 
