@@ -147,6 +147,16 @@ def demo_search(base: str, query: str, user_id: str) -> dict[str, object]:
         return dict(json.loads(reply.read()))
 
 
+def demo_rag_context(base: str, question: str) -> dict[str, object]:
+    """POST one RAG context request (the passages worth giving an LLM) and return it."""
+    payload = json.dumps({"query": question, "items": 5, "max_documents": 2}).encode()
+    request = urllib.request.Request(
+        f"{base}/v1/rag/context", data=payload, headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        return dict(json.loads(reply.read()))
+
+
 def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -192,6 +202,11 @@ def main() -> int:
         answer = demo_search(base, query, args.user_id)
         print(f"[stack] POST {base}/v1/search query={query!r} user_id={args.user_id!r}:")
         print(json.dumps(answer, indent=2))
+        if "rag_rerank" in names and query:
+            question = f"which brand makes the {query}?"
+            context = demo_rag_context(base, question)
+            print(f"[stack] POST {base}/v1/rag/context query={question!r} (for an LLM):")
+            print(json.dumps(context, indent=2))
         if args.once:
             return 0
         print(f"[stack] serving at {base} (docs at {base}/docs); Ctrl-C stops everything")

@@ -180,6 +180,17 @@ RagTimeoutMs = Annotated[
 ]
 
 
+RagMinScore = Annotated[
+    float | None,
+    Field(
+        ge=-1000.0,
+        le=1000.0,
+        allow_inf_nan=False,
+        description="Override the artifact's calibrated threshold (a reranker logit; finite).",
+    ),
+]
+
+
 class RagTextDocument(BaseModel):
     """A document given as text."""
 
@@ -222,9 +233,7 @@ class RagRerankRequest(BaseModel):
     query: str = Field(..., min_length=1, max_length=512, description="The question.")
     documents: list[RagDocument] = Field(..., min_length=1, max_length=100)
     max_documents: int = Field(3, ge=1, le=20, description="Select at most this many (best first).")
-    min_score: float | None = Field(
-        None, description="Override the artifact's calibrated threshold (a reranker logit)."
-    )
+    min_score: RagMinScore = None
     timeout_ms: RagTimeoutMs = None
 
 
@@ -264,7 +273,7 @@ class RagContextRequest(BaseModel):
     user_id: UserId | None = None
     items: int = Field(5, ge=1, le=20, description="Top search results whose passages compete.")
     max_documents: int = Field(3, ge=1, le=20)
-    min_score: float | None = None
+    min_score: RagMinScore = None
     timeout_ms: RagTimeoutMs = None
 
     @field_validator("query")

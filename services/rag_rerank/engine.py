@@ -3,6 +3,7 @@ passages, score with the cross-encoder, select by the threshold."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -100,6 +101,8 @@ class Reranker:
         threshold = (
             float(request.min_score) if request.HasField("min_score") else self.config.threshold
         )
+        if not math.isfinite(threshold):
+            raise InvalidInputError("min_score must be a finite number")
         top_k = request.max_documents or self.settings.default_selected
         t0 = time.perf_counter()
         scored = self.encoder.score(query, [d.text for d in docs])

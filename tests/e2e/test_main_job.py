@@ -50,6 +50,11 @@ def test_main_job_prints_a_real_answer(artifact_root: Path) -> None:
     assert isinstance(items, list) and len(items) == 5
     assert all(item["source"] in ("generated", "lexical", "dense", "ann") for item in items)
     assert answer["artifact_version"] and answer["degraded"] == []
+    # the artifact has a RAG reranker: the demo also asks for an LLM's context
+    start = done.stdout.index("{", done.stdout.index("/v1/rag/context"))
+    context = json.JSONDecoder().raw_decode(done.stdout, start)[0]
+    assert context["degraded"] == [] and len(context["searched_item_ids"]) == 5
+    assert len(context["documents"]) <= 2
     assert "[stack] stopped" in done.stdout
 
 

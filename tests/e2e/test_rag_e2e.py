@@ -52,19 +52,19 @@ def test_context_hands_back_passages_of_searched_items(redis_stack: Stack) -> No
     status, body = _post(
         redis_stack,
         "/v1/rag/context",
-        {"query": "nitrile gloves", "user_id": "1", "items": 3, "min_score": -1e9},
+        {"query": "nitrile gloves", "user_id": "1", "items": 3, "min_score": -1000},
     )
     assert status == 200, body
     assert body["degraded"] == []
     searched = body["searched_item_ids"]
     assert isinstance(searched, list) and len(searched) == 3
     docs = body["documents"]
-    assert isinstance(docs, list) and 1 <= len(docs) <= 3  # min_score -1e9: the top 3 pass
+    assert isinstance(docs, list) and 1 <= len(docs) <= 3  # min_score -1000: the top 3 pass
     assert all(d["item_id"] in searched for d in docs)
     assert body["context"] == "\n\n".join(d["text"] for d in docs)
     # a threshold nothing reaches: no document helps, an empty context
     status, none = _post(
-        redis_stack, "/v1/rag/context", {"query": "nitrile gloves", "min_score": 1e9}
+        redis_stack, "/v1/rag/context", {"query": "nitrile gloves", "min_score": 1000}
     )
     assert status == 200 and none["none_selected"] is True
     assert none["documents"] == [] and none["context"] == ""
@@ -79,6 +79,7 @@ def test_context_hands_back_passages_of_searched_items(redis_stack: Stack) -> No
         ("/v1/rag/rerank", {"query": "q", "documents": [{"id": "x"}]}),
         ("/v1/rag/rerank", {"query": "q", "documents": [{"text": "a" * 5000}]}),
         ("/v1/rag/rerank", {"query": "q", "documents": [{"text": "a"}] * 101}),
+        ("/v1/rag/rerank", {"query": "q", "documents": [{"text": "a"}], "min_score": 1e308}),
         ("/v1/rag/context", {"query": ""}),
         ("/v1/rag/context", {"query": "q", "items": 0}),
         ("/v1/rag/context", {"query": "x " * 200}),

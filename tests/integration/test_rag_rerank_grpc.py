@@ -115,6 +115,7 @@ def test_long_documents_are_truncated_and_reported(rag: Client) -> None:
         (pb.RerankRequest(query="q", documents=_docs("a" * 5000)), "characters"),
         (pb.RerankRequest(query="q", documents=_docs(*["x"] * 101)), "more than 100"),
         (pb.RerankRequest(query="q" * 600, documents=_docs("a")), "query"),
+        (pb.RerankRequest(query="q", documents=_docs("a"), min_score=float("inf")), "finite"),
         (
             pb.RerankRequest(query="q", documents=[pb.Document(text="a", item_id="1")]),
             "not both",
