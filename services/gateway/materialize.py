@@ -30,9 +30,10 @@ POPULAR_SIZE = 500
 _BATCH = 2000
 
 
-async def materialize(store: FeatureStore, artifacts: ArtifactSet) -> dict[str, int]:
-    """Write items, user histories (last ``MAX_HISTORY``) and the popularity list; return counts."""
-    version = artifacts.version
+def _load(
+    artifacts: ArtifactSet,
+) -> tuple[dict[str, ItemFeatures], dict[str, list[str]], Counter[str]]:
+    """Item fields, serving histories and training-history counts of ``artifacts``."""
     items_table = pq.read_table(artifacts.path("tables/items.parquet")).to_pylist()
     items: dict[str, ItemFeatures] = {
         str(row["item_id"]): {
@@ -42,14 +43,22 @@ async def materialize(store: FeatureStore, artifacts: ArtifactSet) -> dict[str, 
         }
         for row in items_table
     }
-    keys = list(items)
-    for start in range(0, len(keys), _BATCH):
-        await store.put_items(version, {k: items[k] for k in keys[start : start + _BATCH]})
-
     histories = serving_histories(artifacts.path(USERS_TABLE))
     counts: Counter[str] = Counter()
     for row in pq.read_table(artifacts.path(USERS_TABLE), columns=["train_history"]).to_pylist():
         counts.update(row["train_history"])
+    return items, histories, counts
+
+
+async def materialize(store: FeatureStore, artifacts: ArtifactSet) -> dict[str, int]:
+    """Write items, user histories (last ``MAX_HISTORY``) and the popularity list; return counts."""
+    version = artifacts.version
+    # file reads and row building in a worker thread: a gateway that materialises again
+    # (Redis came back empty) keeps serving meanwhile
+    items, histories, counts = await asyncio.to_thread(_load, artifacts)
+    keys = list(items)
+    for start in range(0, len(keys), _BATCH):
+        await store.put_items(version, {k: items[k] for k in keys[start : start + _BATCH]})
     users = list(histories.items())
     for start in range(0, len(users), _BATCH):
         await store.put_users(
@@ -59,7 +68,7 @@ async def materialize(store: FeatureStore, artifacts: ArtifactSet) -> dict[str, 
     if isinstance(store, RedisStore) and artifacts.has(FEATURES_FILE):
         # the ranking service's features, in the same Redis under the same prefix (the
         # in-process store is one gateway's own: without Redis, ranking computes them)
-        spec = FeatureSpec.load(artifacts.path)
+        spec = await asyncio.to_thread(FeatureSpec.load, artifacts.path)
         done |= await write_features(store.client, store.keys.prefix, version, spec, histories)
     # written last: the gateway takes its presence as "this version is materialised"
     popular = [item for item, _ in counts.most_common(POPULAR_SIZE)]

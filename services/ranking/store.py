@@ -13,6 +13,7 @@ id>``; values: orjson (``features.encode_user`` / ``encode_item``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -131,18 +132,29 @@ async def write_features(
     spec: FeatureSpec,
     histories: Mapping[str, Sequence[str]],
 ) -> dict[str, int]:
-    """Materialise every item's and user's ranking features (pipelined, in batches)."""
+    """Materialise every item's and user's ranking features (pipelined, in batches). Each
+    batch is encoded in a worker thread, so a gateway that materialises while serving
+    keeps answering (the encoding of all users took seconds of its event loop)."""
     ids = spec.item_ids
-    for start in range(0, len(ids), _BATCH):
-        async with client.pipeline(transaction=False) as pipe:
-            for row in range(start, min(start + _BATCH, len(ids))):
-                pipe.set(item_key(prefix, version, ids[row]), encode_item(item_features(spec, row)))
-            await pipe.execute()
     users = list(histories.items())
-    for start in range(0, len(users), _BATCH):
-        async with client.pipeline(transaction=False) as pipe:
-            for user_id, history in users[start : start + _BATCH]:
-                features = user_features(spec, history_rows(spec, history))
-                pipe.set(user_key(prefix, version, user_id), encode_user(features))
-            await pipe.execute()
+
+    def item_batch(start: int) -> list[tuple[str, bytes]]:
+        rows = range(start, min(start + _BATCH, len(ids)))
+        return [
+            (item_key(prefix, version, ids[r]), encode_item(item_features(spec, r))) for r in rows
+        ]
+
+    def user_batch(start: int) -> list[tuple[str, bytes]]:
+        return [
+            (user_key(prefix, version, u), encode_user(user_features(spec, history_rows(spec, h))))
+            for u, h in users[start : start + _BATCH]
+        ]
+
+    for make, total in ((item_batch, len(ids)), (user_batch, len(users))):
+        for start in range(0, total, _BATCH):
+            pairs = await asyncio.to_thread(make, start)
+            async with client.pipeline(transaction=False) as pipe:
+                for key, value in pairs:
+                    pipe.set(key, value)
+                await pipe.execute()
     return {"ranking_items": len(ids), "ranking_users": len(users)}
