@@ -156,7 +156,7 @@ class LabellingLm:
         ids = self.tokenizer.apply_chat_template(
             messages, tokenize=True, add_generation_prompt=True
         )
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
+        if hasattr(ids, "keys"):  # a BatchEncoding in newer transformers
             ids = ids["input_ids"]
         lead_ids = self.tokenizer.encode(lead, add_special_tokens=False) if lead else []
         return [int(i) for i in ids] + [int(i) for i in lead_ids]

@@ -23,9 +23,9 @@ from services.gateway.schemas import (
 )
 from services.gateway.search import SearchService
 from services.rag_rerank.passages import item_passages
+from services.retrieval.catalog import CATEGORY_SEP
 
 Answer = dict[str, Any]
-CATEGORY_SEP = " > "
 
 
 class RagUnavailableError(Exception):
